@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+# Everything is installed into .venv by the project's own files.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CORES  ?= $(shell nproc 2>/dev/null || echo 2)
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install dry-run bench clean-results
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned, so nothing below can pull a CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[workflow,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: the whole DAG on the embedded default config (CPU unless CUDA is present).
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml --rerun-triggers mtime params input code --printshellcmds
+
+dry-run: $(STAMP)
+	$(BIN)/snakemake -n --cores $(CORES) --configfile config.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n $(CORES) --dist loadfile tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/kernels.py
+
+clean-results:
+	rm -rf results .snakemake

@@ -1,0 +1,24 @@
+# ntkbench: train a model zoo, compute eNTK-family kernels, fit kernel-GLM surrogates, measure
+# their faithfulness, trace poisoned data, and find learned features in eNTK spectra.
+# Run with `make run` (embedded default config.yaml) or see README.md for SLURM.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/train.smk"
+include: "rules/kernels.smk"
+include: "rules/surrogates.smk"
+include: "rules/forensics.smk"
+include: "rules/spectral.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        ALL_TARGETS,

@@ -1,0 +1,152 @@
+"""Data sets as plain tensors, with one on-disk format shared by every stage.
+
+A :class:`DataBundle` holds a train and a test :class:`Split` (inputs ``x`` shaped
+(N, *input_shape), integer labels ``y``) plus JSON-serialisable metadata. Stages exchange
+bundles as ``.npz`` files written atomically.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ntkbench.utils import atomic_path
+
+__all__ = ["Split", "DataBundle", "save_bundle", "load_bundle", "load_dataset", "fingerprint"]
+
+
+@dataclass
+class Split:
+    """One split of a data set: inputs (N, ...) float32 and labels (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.x = torch.as_tensor(self.x, dtype=torch.float32)
+        self.y = torch.as_tensor(self.y, dtype=torch.int64)
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class DataBundle:
+    """Train and test splits of one task, with the number of classes and provenance."""
+
+    train: Split
+    test: Split
+    num_classes: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. poisoned indices
+    # Further evaluation splits beside ``test`` (e.g. "poisoned_test"); every stage that
+    # evaluates on ``test`` also evaluates on these.
+    extra_splits: dict[str, Split] = field(default_factory=dict)
+
+    @property
+    def eval_splits(self) -> dict[str, Split]:
+        """All splits a trained model is evaluated on: ``test`` first, then the extra ones."""
+        return {"test": self.test, **self.extra_splits}
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def num_outputs(self) -> int:
+        """Network outputs: one logit for binary tasks (sigmoid), else one per class."""
+        return 1 if self.num_classes == 2 else self.num_classes
+
+
+def save_bundle(bundle: DataBundle, path: str | Path) -> None:
+    """Write a bundle to ``path`` (.npz) atomically."""
+    arrays = {
+        "train_x": bundle.train.x.numpy(),
+        "train_y": bundle.train.y.numpy(),
+        "test_x": bundle.test.x.numpy(),
+        "test_y": bundle.test.y.numpy(),
+        "num_classes": np.array(bundle.num_classes),
+        "meta": np.array(json.dumps(bundle.meta, sort_keys=True)),
+    }
+    for key, value in bundle.extra.items():
+        arrays[f"extra_{key}"] = np.asarray(value)
+    for key, split in bundle.extra_splits.items():
+        arrays[f"split_{key}_x"] = split.x.numpy()
+        arrays[f"split_{key}_y"] = split.y.numpy()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def load_bundle(path: str | Path) -> DataBundle:
+    """Read a bundle written by :func:`save_bundle`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data bundle {path} does not exist (run the data stage first)")
+    with np.load(path, allow_pickle=False) as npz:
+        extra = {k[len("extra_"):]: npz[k] for k in npz.files if k.startswith("extra_")}
+        split_names = [k[len("split_"):-len("_x")] for k in npz.files
+                       if k.startswith("split_") and k.endswith("_x")]
+        extra_splits = {name: Split(torch.from_numpy(npz[f"split_{name}_x"]),
+                                    torch.from_numpy(npz[f"split_{name}_y"]))
+                        for name in split_names}
+        return DataBundle(
+            train=Split(torch.from_numpy(npz["train_x"]), torch.from_numpy(npz["train_y"])),
+            test=Split(torch.from_numpy(npz["test_x"]), torch.from_numpy(npz["test_y"])),
+            num_classes=int(npz["num_classes"]),
+            meta=json.loads(str(npz["meta"])),
+            extra=extra,
+            extra_splits=extra_splits,
+        )
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """Short content hash of tensors (provenance attributes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for t in tensors:
+        arr = np.ascontiguousarray(t.detach().cpu().numpy())
+        digest.update(str(arr.shape).encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_dataset(spec: dict[str, Any], data_dir: str | Path = "data") -> DataBundle:
+    """Build the bundle a config ``data:`` block describes.
+
+    ``spec["name"]`` picks the loader; the other keys are its arguments. Loaders for real data
+    sets read their standard files from ``data_dir`` and name the missing file when absent.
+    """
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    loaders = _loaders()
+    if name not in loaders:
+        raise ValueError(f"data.name: unknown data set {name!r}; choose one of {sorted(loaders)}")
+    poison = spec.pop("poison", None)
+    bundle = loaders[name](data_dir=Path(data_dir), **spec)
+    if poison:
+        from ntkbench.data.poison import poison_bundle
+
+        bundle = poison_bundle(bundle, **poison)
+    return bundle
+
+
+def _loaders() -> dict[str, Any]:
+    # Imported lazily so a missing optional loader never breaks the others.
+    from ntkbench.data import digits
+
+    loaders = {"digits": digits.load_digits_bundle}
+    try:
+        from ntkbench.data import images
+
+        loaders.update(images.LOADERS)
+    except ImportError:  # pragma: no cover - images module is optional during development
+        pass
+    return loaders

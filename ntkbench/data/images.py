@@ -1,0 +1,182 @@
+"""Real image data sets read from their standard files: MNIST, Fashion-MNIST, CIFAR-10.
+
+Nothing is downloaded (compute nodes are often offline): the files must already be in the
+configured ``data_dir``. A missing file stops the run with its expected path and where to
+get it. Pixels are scaled to [0, 1] and images are channels-first (N, C, H, W).
+
+Accepted layouts under ``data_dir`` (first match wins):
+
+- MNIST: ``mnist/``, ``MNIST/raw/`` (torchvision), or ``data_dir`` itself, holding
+  ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+  ``t10k-labels-idx1-ubyte``, each optionally gzipped (``.gz``).
+- Fashion-MNIST: the same file names under ``fashion-mnist/``, ``fmnist/`` or
+  ``FashionMNIST/raw/``.
+- CIFAR-10: ``cifar-10-batches-py/`` with ``data_batch_1`` .. ``data_batch_5`` and
+  ``test_batch`` (the python-pickle release).
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ntkbench.data import DataBundle, Split
+
+__all__ = ["read_idx", "load_mnist", "load_fmnist", "load_cifar10", "LOADERS"]
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+              "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+_SOURCES = {
+    "mnist": ("MNIST", ("mnist", "MNIST/raw", "."),
+              "http://yann.lecun.com/exdb/mnist/ (or torchvision.datasets.MNIST(root, download=True))"),
+    "fmnist": ("Fashion-MNIST", ("fashion-mnist", "fmnist", "FashionMNIST/raw"),
+               "https://github.com/zalandoresearch/fashion-mnist (data/fashion/*.gz)"),
+}
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (unpack it into data_dir)"
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (the MNIST format), gzipped or raw, as an array of its stored shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but holds {data.size} values (truncated?)")
+    return data.reshape(shape)
+
+
+def _find_idx_file(data_dir: Path, dataset: str, stem: str) -> Path:
+    title, subdirs, url = _SOURCES[dataset]
+    tried = []
+    for sub in subdirs:
+        for name in (stem, stem + ".gz"):
+            candidate = data_dir / sub / name
+            tried.append(candidate)
+            if candidate.exists():
+                return candidate
+    raise FileNotFoundError(
+        f"{title} file {stem}[.gz] not found; looked for {', '.join(str(p) for p in tried)}. "
+        f"Download it from {url} into {data_dir / subdirs[0]} (config key data_dir)."
+    )
+
+
+def _select(x: np.ndarray, y: np.ndarray, classes: Sequence[int] | None, size: int | None,
+            rng: np.random.Generator, num_classes: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Keep ``classes`` (relabelled 0..k-1 in the order given), then a random subset of ``size``."""
+    if classes is not None:
+        keep = np.isin(y, classes)
+        remap = np.full(num_classes, -1, dtype=np.int64)
+        remap[list(classes)] = np.arange(len(classes))
+        x, y = x[keep], remap[y[keep]]
+    if size is not None:
+        if size > len(y):
+            raise ValueError(f"data.{key}: asked for {size} images but only {len(y)} are available")
+        idx = np.sort(rng.choice(len(y), size=size, replace=False))
+        x, y = x[idx], y[idx]
+    return x, y
+
+
+def _bundle(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+            classes: Sequence[int] | None, max_train: int | None, max_test: int | None,
+            split_seed: int, num_classes: int) -> DataBundle:
+    if classes is not None:
+        classes = [int(c) for c in classes]
+        if len(set(classes)) != len(classes) or len(classes) < 2 or not set(classes) <= set(range(num_classes)):
+            raise ValueError(f"data.classes: need at least two distinct classes in 0..{num_classes - 1}, "
+                             f"got {classes}")
+    rng = np.random.default_rng(split_seed)
+    train_x, train_y = _select(*train, classes, max_train, rng, num_classes, "max_train")
+    test_x, test_y = _select(*test, classes, max_test, rng, num_classes, "max_test")
+    to_float = lambda a: a.astype(np.float32) / 255.0  # noqa: E731 - uint8 pixels to [0, 1]
+    return DataBundle(
+        train=Split(to_float(train_x), train_y.astype(np.int64)),
+        test=Split(to_float(test_x), test_y.astype(np.int64)),
+        num_classes=num_classes if classes is None else len(classes),
+        meta={"name": name, "classes": classes, "max_train": max_train, "max_test": max_test,
+              "split_seed": split_seed},
+    )
+
+
+def _reject_unknown(name: str, unknown: dict[str, Any]) -> None:
+    # These data sets come with a fixed train/test split, so e.g. test_fraction has no meaning.
+    if unknown:
+        raise ValueError(f"data: key(s) {sorted(unknown)} do not apply to {name!r} "
+                         "(accepted: classes, max_train, max_test, split_seed)")
+
+
+def _load_idx_dataset(dataset: str, data_dir: Path, classes: Sequence[int] | None,
+                      max_train: int | None, max_test: int | None, split_seed: int) -> DataBundle:
+    arrays = {key: read_idx(_find_idx_file(Path(data_dir), dataset, stem))
+              for key, stem in _IDX_FILES.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise ValueError(f"{_SOURCES[dataset][0]} {split}: images {x.shape} and labels {y.shape} "
+                             "do not match (expected (N, H, W) and (N,))")
+    return _bundle(dataset, (arrays["train_x"][:, None], arrays["train_y"].astype(np.int64)),
+                   (arrays["test_x"][:, None], arrays["test_y"].astype(np.int64)),
+                   classes, max_train, max_test, split_seed, num_classes=10)
+
+
+def load_mnist(data_dir: Path, classes: Sequence[int] | None = None, max_train: int | None = None,
+               max_test: int | None = None, split_seed: int = 0, **unknown: Any) -> DataBundle:
+    """MNIST (N, 1, 28, 28) in [0, 1] with its standard 60k/10k split.
+
+    ``classes`` restricts and relabels (e.g. [0, 1] = MNIST2); ``max_train``/``max_test`` keep
+    a random subset of that size (drawn with ``split_seed``), for quick runs.
+    """
+    _reject_unknown("mnist", unknown)
+    return _load_idx_dataset("mnist", data_dir, classes, max_train, max_test, split_seed)
+
+
+def load_fmnist(data_dir: Path, classes: Sequence[int] | None = None, max_train: int | None = None,
+                max_test: int | None = None, split_seed: int = 0, **unknown: Any) -> DataBundle:
+    """Fashion-MNIST, same format and arguments as :func:`load_mnist`."""
+    _reject_unknown("fmnist", unknown)
+    return _load_idx_dataset("fmnist", data_dir, classes, max_train, max_test, split_seed)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.exists():
+        raise FileNotFoundError(f"CIFAR-10 file {path} not found. Download {_CIFAR_URL} "
+                                f"so that {path.parent} exists (config key data_dir).")
+    with open(path, "rb") as fh:
+        batch: dict[Any, Any] = pickle.load(fh, encoding="bytes")
+    data = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if data is None or labels is None:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (no 'data'/'labels' entries)")
+    data = np.asarray(data, dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise ValueError(f"{path}: data {data.shape} / {len(labels)} labels, expected (N, 3072) / N")
+    # Rows are stored channel-major (1024 red, 1024 green, 1024 blue), i.e. already (3, 32, 32).
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+def load_cifar10(data_dir: Path, classes: Sequence[int] | None = None, max_train: int | None = None,
+                 max_test: int | None = None, split_seed: int = 0, **unknown: Any) -> DataBundle:
+    """CIFAR-10 (N, 3, 32, 32) RGB in [0, 1] from ``data_dir/cifar-10-batches-py``."""
+    _reject_unknown("cifar10", unknown)
+    root = Path(data_dir) / "cifar-10-batches-py"
+    batches = [_read_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
+    train = (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
+    test = _read_cifar_batch(root / "test_batch")
+    return _bundle("cifar10", train, test, classes, max_train, max_test, split_seed, num_classes=10)
+
+
+LOADERS: dict[str, Callable[..., DataBundle]] = {
+    "mnist": load_mnist,
+    "fmnist": load_fmnist,
+    "cifar10": load_cifar10,
+}

@@ -1,0 +1,328 @@
+"""``compute``: every kernel kind through one block-wise driver.
+
+Each kind is a *feature source* that turns a batch of inputs into ``{part: [representation]}``
+(parts = parameter groups for gradient kernels, layers for Em); the kernel is the sum over
+parts of the representations' inner products (:mod:`.reps`), normalised by the self-kernels
+for the cosine-normalised kinds.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..utils import get_logger
+from .activations import ActivationFeatures
+from .fast import IMPLS, GradientEngine
+from .forward import checked_forward, eval_mode, model_device
+from .generic import class_scale, functional_state
+from .inputs import as_input_tensor, cast_input, iter_batches
+from .projection import PROJ_TYPES, BlockProjector
+from .reps import DenseGrad, GradRep, concat_reps, contract, self_kernel
+
+__all__ = [
+    "KINDS",
+    "NORMALISED_KINDS",
+    "KernelOptions",
+    "compute",
+    "make_source",
+    "block_kernel",
+    "block_diag",
+    "normalise",
+]
+
+KINDS = ("entk", "trntk", "trntk0", "pntk", "pntk0", "proj-trntk", "proj-pntk", "ck", "em")
+GRADIENT_KINDS = ("entk", "trntk", "trntk0", "pntk", "pntk0")
+PROJECTED_KINDS = ("proj-trntk", "proj-pntk")
+NORMALISED_KINDS = ("trntk", "pntk", "proj-trntk", "proj-pntk", "ck", "em")
+_SUM_OVER_CLASSES = ("pntk", "pntk0", "proj-pntk")
+
+# Feature representations up to this size are kept in memory and contracted in one go.
+CACHE_BYTES = 2 << 30
+_LOG = get_logger(__name__)
+
+
+@dataclass
+class KernelOptions:
+    """Validated options of one kernel computation (see :func:`compute`)."""
+
+    kind: str = "trntk"
+    proj_dim: int = 10240
+    proj_type: str = "gaussian"
+    seed: int = 0
+    layers: list[str] | None = None
+    importance: list[float] | None = None
+    batch_size: int = 256
+    dtype: str = "float32"
+    layerwise: bool = False
+    impl: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kernel kind {self.kind!r}; valid kinds: {', '.join(KINDS)}")
+        if self.kind in PROJECTED_KINDS:
+            if isinstance(self.proj_dim, bool) or not isinstance(self.proj_dim, int) or self.proj_dim <= 0:
+                raise ValueError(f"proj_dim must be a positive integer, got {self.proj_dim!r}")
+            if self.proj_type not in PROJ_TYPES:
+                raise ValueError(f"unknown proj_type {self.proj_type!r}; valid: {', '.join(PROJ_TYPES)}")
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.impl not in IMPLS:
+            raise ValueError(f"unknown impl {self.impl!r}; valid: {', '.join(IMPLS)}")
+        if self.layers is not None and self.kind != "em":
+            raise ValueError(f"layers= applies to kind='em' only, not {self.kind!r}")
+        if self.layerwise and self.kind in PROJECTED_KINDS + ("ck",):
+            raise ValueError(
+                f"layerwise=True is not available for {self.kind!r}: "
+                + ("a projection mixes all parameters (cross terms between groups), so it is not a sum over groups"
+                   if self.kind in PROJECTED_KINDS else "the conjugate kernel is not a sum over layers")
+            )
+        if self.importance is not None and self.kind in ("ck", "em"):
+            raise ValueError(f"importance= applies to gradient kernels, not {self.kind!r}")
+        if self.dtype not in ("float32", "float64", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be a floating torch dtype, got {self.dtype!r}")
+        if self.kind in PROJECTED_KINDS:
+            self.proj_dim = int(self.proj_dim)
+        else:  # irrelevant options are normalised away so provenance compares equal
+            self.proj_dim, self.proj_type, self.seed = 0, "", 0
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    @property
+    def entk(self) -> bool:
+        return self.kind == "entk"
+
+    @property
+    def normalised(self) -> bool:
+        return self.kind in NORMALISED_KINDS
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def build(cls, kind: str, *, dtype: torch.dtype = torch.float32, importance: Any = None, layers=None, **kw) -> "KernelOptions":
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
+        imp = None if importance is None else [float(v) for v in torch.as_tensor(importance, dtype=torch.float64).flatten()]
+        lay = None if layers is None else [str(n) for n in ([layers] if isinstance(layers, str) else layers)]
+        return cls(kind=kind, dtype=str(dtype).removeprefix("torch."), importance=imp, layers=lay, **kw)
+
+
+class _ProjectedSource:
+    """Projected gradients R g^c as one dense part; R is regenerated per chunk of samples,
+    and a chunk is as large as the memory budget allows so that the cost is amortised."""
+
+    def __init__(self, engine: GradientEngine, projector: BlockProjector, batch_size: int):
+        self.engine, self.projector, self.batch_size = engine, projector, batch_size
+
+    def _project(self, pending: dict[str, list[GradRep]]) -> torch.Tensor:
+        total = None
+        for reps in pending.values():
+            rep = concat_reps(reps)
+            part = self.projector.project(rep)
+            total = part if total is None else total + part
+        return total
+
+    def reps(self, xb: torch.Tensor) -> dict[str, list[GradRep]]:
+        outs: list[torch.Tensor] = []
+        pending: dict[str, list[GradRep]] = {}
+        size = 0
+        for _, sub in iter_batches(xb, self.batch_size):
+            for group, reps in self.engine.reps(sub).items():
+                pending.setdefault(group, []).extend(reps)
+                size += sum(r.nbytes() for r in reps)
+            if size >= CACHE_BYTES // 2:
+                outs.append(self._project(pending))
+                pending, size = {}, 0
+        if pending:
+            outs.append(self._project(pending))
+        feats = torch.cat(outs)
+        return {"projection": [DenseGrad(feats, [("projection", (feats.shape[2],))])]}
+
+
+def make_source(model: nn.Module, opts: KernelOptions, device: torch.device, probe: torch.Tensor):
+    """The feature source for ``opts.kind``; ``probe`` (a few inputs) fixes C and checks shapes."""
+    dtype = opts.torch_dtype
+    params, others = functional_state(model, device, dtype)
+    if opts.kind in ("ck", "em"):
+        return ActivationFeatures(model, params, others, opts.kind, opts.layers)
+    from torch.func import functional_call
+
+    with torch.no_grad():
+        logits = checked_forward(model, probe, lambda t: functional_call(model, {**others, **params}, (t,)))
+    num_classes = logits.shape[1]
+    scale = class_scale(opts.importance, num_classes, device, dtype)
+    if opts.kind in _SUM_OVER_CLASSES:
+        weights = torch.ones(num_classes, device=device, dtype=dtype) if scale is None else scale
+        mix = (weights / math.sqrt(num_classes)).unsqueeze(1)  # pNTK: (1/C) <sum g, sum g>
+    else:
+        mix = None if scale is None else torch.diag(scale)
+    engine = GradientEngine(model, params, others, impl=opts.impl, mix=mix)
+    if opts.kind in PROJECTED_KINDS:
+        projector = BlockProjector(opts.proj_dim, opts.proj_type, opts.seed, device, dtype)
+        return _ProjectedSource(engine, projector, opts.batch_size)
+    return engine
+
+
+def block_kernel(rx: dict[str, list[GradRep]], ry: dict[str, list[GradRep]], entk: bool, layerwise: bool):
+    """Unnormalised kernel block, summed over parts (or ``{part: block}`` with ``layerwise``)."""
+    parts: dict[str, torch.Tensor] = {}
+    for name, reps_x in rx.items():
+        reps_y = ry[name]
+        value = None
+        for a, b in zip(reps_x, reps_y):
+            term = contract(a, b, entk)
+            value = term if value is None else value + term
+        parts[name] = value
+    if layerwise:
+        return parts
+    total = None
+    for value in parts.values():
+        total = value if total is None else total + value
+    return total
+
+
+def block_diag(rx: dict[str, list[GradRep]], entk: bool) -> torch.Tensor:
+    """Unnormalised self-kernels (B,) or (B, C, C) of a block's samples."""
+    total = None
+    for reps in rx.values():
+        for rep in reps:
+            term = self_kernel(rep, entk)
+            total = term if total is None else total + term
+    return total
+
+
+def normalise(k: torch.Tensor, diag_x: torch.Tensor, diag_y: torch.Tensor) -> torch.Tensor:
+    """k / sqrt(diag_x diag_y); a zero self-kernel (e.g. an all-dead embedding) gives 0, not NaN."""
+    nx = diag_x.clamp_min(0).sqrt()
+    ny = diag_y.clamp_min(0).sqrt()
+    inv_x = torch.where(nx > 0, 1.0 / nx, torch.zeros_like(nx))
+    inv_y = torch.where(ny > 0, 1.0 / ny, torch.zeros_like(ny))
+    return k * inv_x.unsqueeze(1) * inv_y.unsqueeze(0)
+
+
+def _concat_parts(blocks: list[dict[str, list[GradRep]]]) -> dict[str, list[GradRep]]:
+    out: dict[str, list[GradRep]] = {}
+    for name in blocks[0]:
+        width = len(blocks[0][name])
+        out[name] = [concat_reps([b[name][i] for b in blocks]) for i in range(width)]
+    return out
+
+
+def _nbytes(reps: dict[str, list[GradRep]]) -> int:
+    return sum(r.nbytes() for rs in reps.values() for r in rs)
+
+
+def _all_reps(source, data: torch.Tensor, step: int, device, dtype) -> dict[str, list[GradRep]] | None:
+    """Representations of every sample, or None when they would exceed ``CACHE_BYTES``."""
+    blocks = []
+    for start, chunk in iter_batches(data, step):
+        blocks.append(source.reps(cast_input(chunk, device, dtype)))
+        if start == 0 and _nbytes(blocks[0]) * math.ceil(data.shape[0] / step) > CACHE_BYTES:
+            return None
+    return _concat_parts(blocks)
+
+
+def _kernel_in_memory(source, opts: KernelOptions, X: torch.Tensor, Y: torch.Tensor, same: bool, device):
+    """(kernel or {part: kernel}, diag_x, diag_y), unnormalised."""
+    dtype, entk, layerwise = opts.torch_dtype, opts.entk, opts.layerwise
+    step = X.shape[0] if isinstance(source, _ProjectedSource) else opts.batch_size
+    ry = _all_reps(source, Y, max(step, Y.shape[0] if isinstance(source, _ProjectedSource) else step), device, dtype)
+    if same and ry is not None:
+        return block_kernel(ry, ry, entk, layerwise), block_diag(ry, entk), None
+    if ry is None:
+        _LOG.info("features of %d samples exceed the %d MB cache; recomputing them per row block", Y.shape[0], CACHE_BYTES >> 20)
+    rows, diag_x, diag_y = [], [], []
+    for _, xb in iter_batches(X, step):
+        rx = source.reps(cast_input(xb, device, dtype))
+        diag_x.append(block_diag(rx, entk))
+        if ry is not None:
+            rows.append(block_kernel(rx, ry, entk, layerwise))
+            continue
+        cols = []
+        for _, yb in iter_batches(Y, step):
+            rb = source.reps(cast_input(yb, device, dtype))
+            if len(rows) == 0:
+                diag_y.append(block_diag(rb, entk))
+            cols.append(block_kernel(rx, rb, entk, layerwise))
+        rows.append({k: torch.cat([c[k] for c in cols], 1) for k in cols[0]} if layerwise else torch.cat(cols, 1))
+    kernel = {k: torch.cat([r[k] for r in rows]) for k in rows[0]} if layerwise else torch.cat(rows)
+    dx = torch.cat(diag_x)
+    if same:
+        return kernel, dx, None
+    dy = block_diag(ry, entk) if ry is not None else torch.cat(diag_y)
+    return kernel, dx, dy
+
+
+def compute(
+    model: nn.Module,
+    x: Any,
+    y: Any = None,
+    kind: str = "trntk",
+    *,
+    proj_dim: int = 10240,
+    proj_type: str = "gaussian",
+    seed: int = 0,
+    layers: Sequence[str] | None = None,
+    importance: Any = None,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    layerwise: bool = False,
+    impl: str = "auto",
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Compute an empirical-NTK-family kernel between the inputs ``x`` and ``y``.
+
+    Args:
+        model: network returning (N, C) logits ((N,) means C = 1). Evaluated in eval mode;
+            each module's mode is restored afterwards. The model is never moved or cast.
+        x, y: Tensor, ndarray, Dataset or DataLoader (tuples: the first element is the input).
+            ``y=None`` means y = x (then the normalised kinds have an exact unit diagonal).
+        kind: one of ``KINDS`` (definitions in SPEC section 1):
+            entk (N, M, C, C); trntk0 = sum_c <g^c, g^c>; pntk0 = (1/C) <sum_c g^c, sum_c g^c>;
+            trntk / pntk their cosine normalisations; proj-trntk / proj-pntk the same from
+            projected gradients R g (R: K x P, entries N(0,1) or +-1, times 1/sqrt(K));
+            ck cosine similarity of the last nn.Linear's input; em the cosine-normalised sum of
+            activation Grams over ``layers``.
+        proj_dim, proj_type, seed: the projection (projected kinds only); same seed, same R.
+        layers: em layer module names; default every activation module (ReLU, GELU, ...).
+        importance: length-C already-exponentiated class weights I_c^beta; g^c is multiplied
+            by sqrt(importance[c]) (= I_c^(beta/2)) before any contraction.
+        batch_size: samples per forward/backward batch and per contraction block.
+        device: computation device; None = the model's device. The result lives there.
+        dtype: computation dtype.
+        layerwise: return ``{parameter group (module name) or em layer: tensor}`` whose values
+            sum to the kernel. For normalised kinds each part is divided by the same total
+            normaliser sqrt(k0(x,x) k0(y,y)). Not available for proj-* and ck.
+        impl: "auto" (factorised fast path where possible, verified), "fast" (error instead
+            of falling back when verification fails) or "generic" (torch.func everywhere).
+
+    Returns:
+        (N, M) tensor ((N, M, C, C) for entk), or a dict of them with ``layerwise``.
+    """
+    opts = KernelOptions.build(
+        kind, dtype=dtype, importance=importance, layers=layers, proj_dim=proj_dim, proj_type=proj_type,
+        seed=seed, batch_size=batch_size, layerwise=layerwise, impl=impl,
+    )
+    X = as_input_tensor(x, "x")
+    same = y is None
+    Y = X if same else as_input_tensor(y, "y")
+    dev = model_device(model) if device is None else torch.device(device)
+    with eval_mode(model):
+        source = make_source(model, opts, dev, cast_input(X[:1], dev, opts.torch_dtype))
+        kernel, dx, dy = _kernel_in_memory(source, opts, X, Y, same, dev)
+    if not opts.normalised:
+        return kernel
+    dy = dx if dy is None else dy
+    if layerwise:
+        return {k: normalise(v, dx, dy) for k, v in kernel.items()}
+    out = normalise(kernel, dx, dy)
+    if same:
+        out.diagonal().fill_(1.0)  # exact, despite rounding differences between blocks
+    return out

@@ -1,0 +1,356 @@
+"""Per-sample gradient representations from forward hooks and batched backward passes.
+
+For the common layers the per-sample gradient factorises, so it is never materialised:
+
+* Linear / Conv1d / Conv2d: g = sum_l a_l (x) delta_l, a = input (unfolded patches for conv,
+  plus a constant 1 for the bias), delta = gradient of the logit at the layer output.
+* Embedding: the same with a = one-hot(token).
+* LayerNorm / GroupNorm / BatchNorm (eval): g_weight = sum_l xhat_l * delta_l,
+  g_bias = sum_l delta_l; these have few parameters, so they are materialised (cheap).
+
+Samples are independent in eval mode, so one backward of sum_n F^c(x_n) (batched over the
+classes) yields every sample's delta at once. Parameters of any other module (or modules used
+in ways hooks cannot see) go through the generic ``torch.func`` path. On the first batch the
+batch-summed factorised gradients are checked against autograd's parameter gradients; a
+module that fails (e.g. its weight is also used functionally elsewhere) falls back to the
+generic path.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..utils import get_logger
+from .forward import checked_forward, parameter_groups
+from .generic import per_sample_jacobians
+from .reps import DenseGrad, GradRep, OuterGrad, map_classes
+
+__all__ = ["GradientEngine", "IMPLS"]
+
+IMPLS = ("auto", "fast", "generic")
+_LOG = get_logger(__name__)
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_FAST_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding) + _NORMS
+
+
+def _fast_eligible(module: nn.Module) -> bool:
+    """Exact types only: subclasses may override forward (e.g. quantisable Linear)."""
+    kind = type(module)
+    if kind not in _FAST_TYPES or getattr(module, "weight", None) is None:
+        return False
+    if kind in (nn.Conv1d, nn.Conv2d):
+        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    if kind is nn.Embedding:
+        return module.max_norm is None and not module.scale_grad_by_freq
+    if kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        return module.track_running_stats and module.running_mean is not None
+    return True
+
+
+@dataclass
+class _Call:
+    """What one forward call of a fast module left behind."""
+
+    out: torch.Tensor
+    feat: torch.Tensor  # a (B, L, din) | idx (B, L) | xhat (same shape as input)
+    mask: torch.Tensor | None = None  # embedding padding positions to zero
+
+
+@dataclass
+class _FastModule:
+    name: str
+    module: nn.Module
+    params: list[str]  # qualified parameter names, weight first
+    calls: list[_Call] = field(default_factory=list)
+
+
+def _linear_inputs(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    a = x.detach().reshape(x.shape[0], -1, x.shape[-1])
+    if mod.bias is not None:
+        a = torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], dim=-1)
+    return a
+
+
+def _conv_inputs(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = x.detach()
+    if isinstance(mod, nn.Conv1d):
+        patches = F.unfold(
+            x.unsqueeze(2),
+            (1, mod.kernel_size[0]),
+            dilation=(1, mod.dilation[0]),
+            padding=(0, mod.padding[0]),
+            stride=(1, mod.stride[0]),
+        )
+    else:
+        patches = F.unfold(x, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
+    a = patches.transpose(1, 2)  # (B, L, Cin*k*k), column order matches weight.view(Cout, -1)
+    if mod.bias is not None:
+        a = torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], dim=-1)
+    return a
+
+
+def _norm_inputs(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = x.detach()
+    if isinstance(mod, nn.LayerNorm):
+        return F.layer_norm(x, mod.normalized_shape, None, None, mod.eps)
+    if isinstance(mod, nn.GroupNorm):
+        return F.group_norm(x, mod.num_groups, None, None, mod.eps)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return (x - mod.running_mean.view(shape)) / torch.sqrt(mod.running_var.view(shape) + mod.eps)
+
+
+class GradientEngine:
+    """Per-group gradient representations of sample batches, fast where possible.
+
+    Args:
+        model: the network (already in eval mode while the engine is used).
+        params, others: functional state from :func:`generic.functional_state`.
+        impl: "auto" (factorised where supported, verified, generic elsewhere), "fast" (same,
+            but a failed verification is an error) or "generic" (torch.func only).
+        mix: optional (C, C') class map applied to the gradients (importance, pNTK sum).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: dict[str, torch.Tensor],
+        others: dict[str, torch.Tensor],
+        impl: str = "auto",
+        mix: torch.Tensor | None = None,
+    ) -> None:
+        if impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+        self.model = model
+        self.params = {n: p.requires_grad_(True) for n, p in params.items()}
+        self.others = others
+        self.impl = impl
+        self.mix = mix
+        self.groups = parameter_groups(model)
+        self.group_of = {p: g for g, names in self.groups.items() for p in names}
+        self.fast: dict[str, _FastModule] = {}
+        if impl != "generic":
+            self._plan_fast_modules()
+        self._verified = impl == "generic"
+
+    # -- planning ---------------------------------------------------------------------------
+    def _plan_fast_modules(self) -> None:
+        owners: dict[int, int] = {}
+        for mod in self.model.modules():
+            for p in mod._parameters.values():
+                if p is not None:
+                    owners[id(p)] = owners.get(id(p), 0) + 1
+        for name, mod in self.model.named_modules():
+            if not name or not _fast_eligible(mod):
+                continue
+            direct = [(f"{name}.{leaf}", p) for leaf, p in mod._parameters.items() if p is not None]
+            # Every direct parameter must be trainable, unshared, and in this module's group.
+            if not all(qn in self.params and owners[id(p)] == 1 for qn, p in direct):
+                continue
+            if set(self.groups.get(name, [])) != {qn for qn, _ in direct}:
+                continue
+            names = [f"{name}.weight"] + ([f"{name}.bias"] if getattr(mod, "bias", None) is not None else [])
+            self.fast[name] = _FastModule(name, mod, names)
+
+    @property
+    def fallback_names(self) -> list[str]:
+        covered = {p for fm in self.fast.values() for p in fm.params}
+        return [n for n in self.params if n not in covered]
+
+    # -- forward with hooks -----------------------------------------------------------------
+    def _hook(self, fm: _FastModule) -> Callable:
+        def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+            x = inputs[0]
+            if isinstance(mod, nn.Linear):
+                feat, mask = _linear_inputs(mod, x), None
+            elif isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+                feat, mask = _conv_inputs(mod, x), None
+            elif isinstance(mod, nn.Embedding):
+                feat = x.reshape(x.shape[0], -1)
+                mask = None if mod.padding_idx is None else feat == mod.padding_idx
+            else:
+                feat, mask = _norm_inputs(mod, x), None
+            fm.calls.append(_Call(out, feat, mask))
+            # Later in-place ops (ReLU(inplace=True)) must not rewrite the tensor whose
+            # gradient we ask for, so downstream code gets a copy.
+            return out.clone()
+
+        return hook
+
+    def _forward(self, xb: torch.Tensor) -> torch.Tensor:
+        for fm in self.fast.values():
+            fm.calls.clear()
+        handles = [fm.module.register_forward_hook(self._hook(fm)) for fm in self.fast.values()]
+        try:
+            return checked_forward(
+                self.model, xb, lambda t: functional_call(self.model, {**self.others, **self.params}, (t,))
+            )
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _class_grads(self, logits: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """d(sum_b sum_c mix[c,c'] F^c_b)/d t for every t, stacked over c' as (C', *t.shape)."""
+        B, C = logits.shape
+        mix = torch.eye(C, dtype=logits.dtype, device=logits.device) if self.mix is None else self.mix
+        seeds = mix.T.unsqueeze(1).expand(mix.shape[1], B, C)  # (C', B, C)
+        try:
+            grads = torch.autograd.grad(
+                logits, tensors, grad_outputs=seeds.contiguous(), retain_graph=True,
+                allow_unused=True, is_grads_batched=True,
+            )
+            return list(grads)
+        except RuntimeError:
+            # Some ops have no batching rule for their backward; loop over classes instead.
+            per_class = [
+                torch.autograd.grad(logits, tensors, grad_outputs=s, retain_graph=True, allow_unused=True)
+                for s in seeds
+            ]
+            return [
+                None if per_class[0][i] is None else torch.stack([pc[i] for pc in per_class])
+                for i in range(len(tensors))
+            ]
+
+    # -- building representations ----------------------------------------------------------
+    def _module_rep(self, fm: _FastModule, deltas: list[torch.Tensor | None], B: int) -> GradRep:
+        mod = fm.module
+        Cp = self.mix.shape[1] if self.mix is not None else self._num_classes
+        parts_a, parts_d, dense = [], [], None
+        for call, delta in zip(fm.calls, deltas):
+            if delta is None:  # output does not reach the logits: zero gradient
+                delta = torch.zeros((Cp,) + call.out.shape, dtype=call.out.dtype, device=call.out.device)
+            C = delta.shape[0]
+            if isinstance(mod, (nn.Linear, nn.Embedding)):
+                d = delta.reshape(C, B, -1, delta.shape[-1]).permute(1, 0, 2, 3)
+                if call.mask is not None:
+                    d = d.masked_fill(call.mask.view(B, 1, -1, 1), 0.0)
+                parts_a.append(call.feat)
+                parts_d.append(d)
+            elif isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+                d = delta.reshape(C, B, delta.shape[2], -1).permute(1, 0, 3, 2)
+                parts_a.append(call.feat)
+                parts_d.append(d)
+            else:
+                if isinstance(mod, nn.LayerNorm):
+                    width = math.prod(mod.normalized_shape)
+                    prod = (delta * call.feat).reshape(C, B, -1, width).sum(2)
+                    bias = delta.reshape(C, B, -1, width).sum(2)
+                else:
+                    prod = (delta * call.feat).reshape(C, B, delta.shape[2], -1).sum(-1)
+                    bias = delta.reshape(C, B, delta.shape[2], -1).sum(-1)
+                g = prod if mod.bias is None else torch.cat([prod, bias], dim=2)
+                g = g.permute(1, 0, 2)
+                dense = g if dense is None else dense + g
+        if dense is not None:
+            layout = [(n, tuple(self.params[n].shape)) for n in fm.params]
+            return DenseGrad(dense, layout)
+        weight = (fm.params[0], tuple(self.params[fm.params[0]].shape))
+        bias = fm.params[1] if len(fm.params) > 1 else None
+        d = torch.cat(parts_d, dim=2)
+        if isinstance(mod, nn.Embedding):
+            idx = torch.cat(parts_a, dim=1)
+            return OuterGrad(d, None, idx, mod.num_embeddings, weight, None, transposed=True)
+        a = torch.cat(parts_a, dim=1)
+        return OuterGrad(d, a, None, a.shape[-1], weight, bias)
+
+    def _fast_reps(self, xb: torch.Tensor, verify: bool) -> tuple[dict[str, GradRep], list[str]]:
+        """Representations of the fast modules; with ``verify`` also the names that failed."""
+        logits = self._forward(xb)
+        self._num_classes = logits.shape[1]
+        live = [fm for fm in self.fast.values() if fm.calls]
+        # A module whose hook never fired may still be used functionally: generic path.
+        for fm in [fm for fm in self.fast.values() if not fm.calls]:
+            del self.fast[fm.name]
+        outs = [c.out for fm in live for c in fm.calls]
+        pnames = [p for fm in live for p in fm.params] if verify else []
+        grads = self._class_grads(logits, outs + [self.params[p] for p in pnames]) if outs else []
+        reps: dict[str, GradRep] = {}
+        pos = 0
+        for fm in live:
+            n = len(fm.calls)
+            reps[fm.name] = self._module_rep(fm, grads[pos : pos + n], xb.shape[0])
+            pos += n
+        failed: list[str] = []
+        if verify:
+            expected = dict(zip(pnames, grads[pos:]))
+            for fm in live:
+                got = _batch_sum(reps[fm.name], self.params)
+                for pname in fm.params:
+                    exp = expected[pname]
+                    exp = torch.zeros_like(got[pname]) if exp is None else exp.reshape(got[pname].shape)
+                    err = (got[pname] - exp).norm()
+                    tol = 1e-3 * exp.norm() + 1e-6 * math.sqrt(exp.numel())
+                    if not bool(err <= tol):
+                        failed.append(fm.name)
+                        break
+        for fm in self.fast.values():
+            fm.calls.clear()
+        return reps, failed
+
+    def reps(self, xb: torch.Tensor) -> dict[str, list[GradRep]]:
+        """``{group: [representations]}`` of the gradients of the samples in ``xb``."""
+        out: dict[str, list[GradRep]] = {}
+        if self.fast:
+            fast_reps, failed = self._fast_reps(xb, verify=not self._verified)
+            if failed:
+                msg = (
+                    f"factorised gradients of module(s) {failed} do not match autograd (their parameters "
+                    "are probably also used outside the module's own forward)"
+                )
+                if self.impl == "fast":
+                    raise RuntimeError(msg + "; use impl='auto' or 'generic'")
+                _LOG.warning("%s; using the generic torch.func path for them", msg)
+                for name in failed:
+                    del self.fast[name]
+                fast_reps = {k: v for k, v in fast_reps.items() if k not in failed}
+            self._verified = True
+            for name, rep in fast_reps.items():
+                out.setdefault(name, []).append(rep)
+        fallback = self.fallback_names
+        if fallback:
+            jac = per_sample_jacobians(self.model, xb, self.params, self.others, fallback)
+            B = xb.shape[0]
+            by_group: dict[str, list[str]] = {}
+            for n in fallback:
+                by_group.setdefault(self.group_of[n], []).append(n)
+            for group, names in by_group.items():
+                g = torch.cat([jac[n].reshape(B, jac[n].shape[1], -1) for n in names], dim=2)
+                rep = DenseGrad(g.detach(), [(n, tuple(self.params[n].shape)) for n in names])
+                out.setdefault(group, []).append(map_classes(rep, self.mix))
+        if not self.fast and not fallback:
+            raise RuntimeError("no parameters to differentiate")  # unreachable: checked earlier
+        # Keep the model's group order so results are deterministic.
+        return {g: out[g] for g in self.groups if g in out}
+
+
+def _batch_sum(rep: GradRep, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """sum_b g_b^c per parameter, shaped (C, *param.shape), for the autograd cross-check."""
+    if isinstance(rep, DenseGrad):
+        total = rep.g.sum(0)
+        out, offset = {}, 0
+        for name, shape in rep.layout:
+            size = math.prod(shape)
+            out[name] = total[:, offset : offset + size].reshape((-1,) + shape)
+            offset += size
+        return out
+    C = rep.num_classes
+    wname, wshape = rep.weight
+    if rep.idx is not None:
+        table = torch.zeros(C, rep.din, rep.dout, dtype=rep.d.dtype, device=rep.d.device)
+        src = rep.d.permute(1, 0, 2, 3).reshape(C, -1, rep.dout)
+        table.index_add_(1, rep.idx.reshape(-1), src)
+        return {wname: table}
+    full = torch.einsum("bli,bclo->coi", rep.a, rep.d)
+    out = {}
+    if rep.bias is not None:
+        out[wname] = full[..., :-1].reshape((C,) + wshape)
+        out[rep.bias] = full[..., -1]
+    else:
+        out[wname] = full.reshape((C,) + wshape)
+    return out

@@ -1,0 +1,108 @@
+"""Model-side helpers shared by every kernel path: parameters, eval mode, checked forward."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+__all__ = [
+    "trainable_parameters",
+    "parameter_groups",
+    "model_device",
+    "eval_mode",
+    "as_logits",
+    "checked_forward",
+]
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters the eNTK is taken over: ``model.named_parameters()`` with requires_grad.
+
+    Frozen parameters are not part of the trained theta, so they are left out (documented in
+    :func:`ntkbench.kernels.jacobian`).
+    """
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError(
+            f"model {type(model).__name__} has no trainable parameters; the eNTK needs at least one"
+        )
+    return params
+
+
+def parameter_groups(model: nn.Module) -> dict[str, list[str]]:
+    """Group trainable parameters by the module that owns them.
+
+    Returns ``{module qualified name: [parameter names]}`` in ``named_parameters()`` order.
+    Parameters owned directly by the root module (``model.W``) have no module name of their
+    own, so each forms a group named after the parameter itself.
+    """
+    groups: dict[str, list[str]] = {}
+    for name in trainable_parameters(model):
+        owner, _, _leaf = name.rpartition(".")
+        key = owner if owner else name
+        groups.setdefault(key, []).append(name)
+    return groups
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (CPU for a parameter-free model)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode and restore each one's own flag afterwards.
+
+    Eval mode makes batch-norm use running statistics, so samples in a batch are independent
+    (a requirement for batched per-sample gradients) and dropout is off.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def as_logits(out: torch.Tensor, batch: int) -> torch.Tensor:
+    """Bring a model output to (B, C); a (B,) output is a single logit (C = 1)."""
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"model output must be a tensor of logits, got {type(out).__name__}")
+    if out.dim() == 1:
+        out = out.unsqueeze(1)
+    if out.dim() != 2 or out.shape[0] != batch:
+        raise ValueError(
+            f"model output must be logits of shape (N, C) for N={batch} inputs, got {tuple(out.shape)}"
+        )
+    return out
+
+
+def checked_forward(model: nn.Module, x: torch.Tensor, call=None) -> torch.Tensor:
+    """Run ``call(x)`` (default ``model(x)``) and return (B, C) logits, with clear errors.
+
+    A shape mismatch deep inside the forward is re-raised naming the input shape, which is
+    almost always the actual mistake.
+    """
+    call = model if call is None else call
+    try:
+        out = call(x)
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        raise ValueError(
+            f"model {type(model).__name__} failed on inputs of per-sample shape {tuple(x.shape[1:])} "
+            f"(batch shape {tuple(x.shape)}, dtype {x.dtype}); check the input shape the model "
+            f"expects. Original error: {err}"
+        ) from err
+    logits = as_logits(out, x.shape[0])
+    if not torch.isfinite(logits).all():
+        raise ValueError(
+            f"model {type(model).__name__} produced non-finite outputs (NaN/inf) on a batch of shape "
+            f"{tuple(x.shape)}; the kernel would be meaningless"
+        )
+    return logits

@@ -1,0 +1,244 @@
+"""``compute_to_hdf5``: block-wise kernels written straight to HDF5, resumable.
+
+Order of work: the self-kernel diagonals of x and y first (one pass over the data; for the
+projected kinds this pass also stores the projected gradients, so R is generated once per
+chunk of samples rather than once per kernel block), then the kernel in row x column blocks
+of ``block_size``. Every finished block is flagged in the file and flushed, so a rerun with
+the same settings skips it. Memory is bounded by the block size (plus a bounded cache of
+column-block features), not by N.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from .. import store
+from ..utils import get_logger
+from .api import (
+    CACHE_BYTES,
+    PROJECTED_KINDS,
+    KernelOptions,
+    _nbytes,
+    block_diag,
+    block_kernel,
+    make_source,
+    normalise,
+)
+from .forward import eval_mode, model_device
+from .inputs import as_input_tensor, cast_input
+from .reps import DenseGrad
+
+__all__ = ["compute_to_hdf5"]
+
+_LOG = get_logger(__name__)
+# Options that do not change the values (only speed/placement) may differ on resume.
+_NON_IDENTITY_OPTIONS = ("batch_size", "impl")
+
+
+def _identity_options(opts: KernelOptions) -> str:
+    data = json.loads(opts.to_json())
+    for key in _NON_IDENTITY_OPTIONS:
+        data.pop(key, None)
+    return json.dumps(data, sort_keys=True)
+
+
+class _Progress:
+    def __init__(self, total: int, done: int, enabled: bool, label: str):
+        self.total, self.done, self.enabled, self.label = total, done, enabled, label
+        self.start, self.start_done, self.last = time.perf_counter(), done, 0.0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.enabled and (now - self.last > 10 or self.done == self.total):
+            self.last = now
+            rate = (self.done - self.start_done) / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            _LOG.info("%s: blocks %d/%d (%.0f%%), %.2f blocks/s, eta %.0f s",
+                      self.label, self.done, self.total, 100 * self.done / self.total, rate, eta)
+
+
+def compute_to_hdf5(
+    path: str | os.PathLike,
+    model: nn.Module,
+    x: Any,
+    y: Any = None,
+    *,
+    kind: str,
+    group: str = "kernel",
+    block_size: int = 1024,
+    attrs: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> str:
+    """Compute a kernel block by block into HDF5 group ``group`` of ``path``; resumable.
+
+    Args:
+        path: HDF5 file (created if missing; other groups in it are left alone).
+        model, x, y, kind: as for :func:`ntkbench.kernels.compute` (y=None means y = x).
+        group: group name, e.g. "train_train" or "test_train".
+        block_size: rows/columns per kernel block; bounds memory. Part of the resume identity.
+        attrs: extra provenance attributes (non-scalars are stored as JSON).
+        progress: log blocks done / total and the rate through ``logging``.
+        **options: proj_dim, proj_type, seed, layers, importance, batch_size, device, dtype,
+            impl (see ``compute``). ``layerwise`` is not supported here.
+
+    Writes datasets ``kernel``, ``diag_x``, ``diag_y`` (unnormalised self-kernels) and the
+    provenance attributes (kind, options JSON, model and data fingerprints, ntkbench and
+    torch versions, created time, ``complete``). Reopening a partial group with the same
+    settings resumes it; different settings raise ``store.IncompatibleKernelFile``.
+    Returns the group name.
+    """
+    if options.get("layerwise"):
+        raise ValueError("compute_to_hdf5 does not support layerwise=True; use kernels.compute(..., layerwise=True)")
+    options.pop("layerwise", None)
+    if not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    device = options.pop("device", None)
+    dtype = options.pop("dtype", torch.float32)
+    importance = options.pop("importance", None)
+    layers = options.pop("layers", None)
+    unknown = set(options) - {"proj_dim", "proj_type", "seed", "batch_size", "impl"}
+    if unknown:
+        raise TypeError(f"compute_to_hdf5 got unknown option(s) {sorted(unknown)}")
+    opts = KernelOptions.build(kind, dtype=dtype, importance=importance, layers=layers, **options)
+    X = as_input_tensor(x, "x")
+    same = y is None
+    Y = X if same else as_input_tensor(y, "y")
+    dev = model_device(model) if device is None else torch.device(device)
+    N, M = X.shape[0], Y.shape[0]
+    nbr, nbc = math.ceil(N / block_size), math.ceil(M / block_size)
+    np_dtype = np.dtype(opts.dtype) if opts.dtype in ("float32", "float64", "float16") else np.dtype("float32")
+
+    with eval_mode(model):
+        source = make_source(model, opts, dev, cast_input(X[:1], dev, opts.torch_dtype))
+        num_classes = _num_classes(model, opts, dev, X) if opts.entk else None
+        tail = (num_classes, num_classes) if opts.entk else ()
+        fp_x = store.tensor_fingerprint(X)
+        identity = {
+            "kind": kind,
+            "identity_options": _identity_options(opts),
+            "model_fingerprint": store.model_fingerprint(model),
+            "data_fingerprint_x": fp_x,
+            "data_fingerprint_y": fp_x if same else store.tensor_fingerprint(Y),
+            "block_size": block_size,
+            "kernel_shape": json.dumps([N, M, *tail]),
+            "same_data": same,
+        }
+        extra = {
+            "options": opts.to_json(),
+            "ntkbench_version": __version__,
+            "torch_version": torch.__version__,
+            "normalised": opts.normalised,
+            **(attrs or {}),
+        }
+        with h5py.File(path, "a") as f:
+            grp, resumed = store.open_kernel_group(
+                f, group, identity, (N, M, *tail), (N, *tail), (M, *tail), (nbr, nbc), block_size, np_dtype, extra
+            )
+            if resumed:
+                if bool(grp.attrs.get("complete", False)):
+                    _LOG.info("%s:%s is already complete", path, group)
+                    return group
+                _LOG.info("resuming %s:%s (%d/%d blocks done)", path, group, int(grp["blocks_done"][...].sum()), nbr * nbc)
+            _run(grp, source, opts, X, Y, same, dev, block_size, progress, f"{os.path.basename(str(path))}:{group}")
+            grp.attrs["complete"] = True
+            grp.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            f.flush()
+    return group
+
+
+def _num_classes(model, opts, dev, X) -> int:
+    from torch.func import functional_call
+
+    from .forward import checked_forward
+    from .generic import functional_state
+
+    params, others = functional_state(model, dev, opts.torch_dtype)
+    with torch.no_grad():
+        xb = cast_input(X[:1], dev, opts.torch_dtype)
+        return checked_forward(model, xb, lambda t: functional_call(model, {**others, **params}, (t,))).shape[1]
+
+
+def _run(grp, source, opts, X, Y, same, dev, bs, progress, label) -> None:
+    dtype, entk = opts.torch_dtype, opts.entk
+    projected = opts.kind in PROJECTED_KINDS
+    nbr, nbc = math.ceil(X.shape[0] / bs), math.ceil(Y.shape[0] / bs)
+
+    def features(data: torch.Tensor, which: str, b: int) -> dict:
+        sl = slice(b * bs, (b + 1) * bs)
+        if projected:  # stored in the diagonal pass
+            feats = torch.from_numpy(grp[f"features_{which}"][sl]).to(device=dev, dtype=dtype)
+            return {"projection": [DenseGrad(feats, [("projection", (feats.shape[2],))])]}
+        return source.reps(cast_input(data[sl], dev, dtype))
+
+    # 1. self-kernel diagonals (and projected features)
+    passes = [("x", X, "diag_x", 0)] + ([] if same else [("y", Y, "diag_y", nbr)])
+    todo = sum(int(grp["diag_done"][off + b]) == 0 for _, data, _, off in passes for b in range(math.ceil(data.shape[0] / bs)))
+    bar = _Progress(len(grp["diag_done"]), len(grp["diag_done"]) - todo, progress, label + " diagonals")
+    for which, data, dname, offset in passes:
+        for b in range(math.ceil(data.shape[0] / bs)):
+            if grp["diag_done"][offset + b]:
+                continue
+            sl = slice(b * bs, (b + 1) * bs)
+            reps = source.reps(cast_input(data[sl], dev, dtype))
+            if projected:
+                feats = reps["projection"][0].g
+                name = f"features_{which}"
+                if name not in grp:
+                    grp.create_dataset(name, shape=(data.shape[0],) + tuple(feats.shape[1:]), dtype=grp["kernel"].dtype,
+                                       chunks=(min(bs, data.shape[0]),) + tuple(feats.shape[1:]))
+                grp[name][sl] = feats.cpu().numpy()
+            diag = block_diag(reps, entk)
+            grp[dname][sl] = diag.cpu().numpy()
+            if same:
+                grp["diag_y"][sl] = diag.cpu().numpy()
+            store.mark_done(grp, "diag_done", offset + b)
+            bar.step()
+    diag_x = torch.from_numpy(grp["diag_x"][...]).to(dev)
+    diag_y = torch.from_numpy(grp["diag_y"][...]).to(dev)
+
+    # 2. kernel blocks; for y = x only the upper triangle is computed and mirrored
+    done = grp["blocks_done"][...].astype(bool)
+    pending = [(i, j) for i in range(nbr) for j in range(nbc) if not done[i, j] and not (same and j < i)]
+    bar = _Progress(nbr * nbc, int(done.sum()), progress, label)
+    cache: dict[int, dict] = {}
+    cache_bytes = 0
+    rows_reps: dict[int, dict] = {}
+    for i, j in pending:
+        if i not in rows_reps:
+            rows_reps = {i: features(X, "x", i)}
+        rx = rows_reps[i]
+        if same and i == j:
+            ry = rx
+        elif j in cache:
+            ry = cache[j]
+        else:
+            ry = features(Y, "y" if not same else "x", j)
+            size = _nbytes(ry)
+            if cache_bytes + size <= CACHE_BYTES // 2:
+                cache[j], cache_bytes = ry, cache_bytes + size
+        k = block_kernel(rx, ry, entk, False)
+        rs, cs = slice(i * bs, (i + 1) * bs), slice(j * bs, (j + 1) * bs)
+        if opts.normalised:
+            k = normalise(k, diag_x[rs], diag_y[cs])
+            if same and i == j:
+                k.diagonal().fill_(1.0)
+        block = k.cpu().numpy()
+        grp["kernel"][rs, cs] = block
+        n_done = 1
+        if same and i != j:
+            grp["kernel"][cs, rs] = block.transpose(1, 0, 3, 2) if entk else block.T
+            grp["blocks_done"][j, i] = 1
+            n_done = 2
+        store.mark_done(grp, "blocks_done", (i, j))
+        bar.step(n_done)

@@ -1,0 +1,72 @@
+"""Model zoo: build a network from a config spec, save and load it with that spec.
+
+A *spec* is a JSON-serialisable dict ``{"name": ..., **kwargs}``; checkpoints store the spec
+beside the weights so any stage can rebuild the exact network without the config.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ntkbench.utils import atomic_path
+
+__all__ = ["build", "register", "save_checkpoint", "load_checkpoint", "REGISTRY"]
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator adding a model constructor to the zoo under ``name``."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def build(spec: dict[str, Any]) -> nn.Module:
+    """Instantiate the model a spec describes (weights freshly initialised)."""
+    _import_zoo()
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in REGISTRY:
+        raise ValueError(f"model.name: unknown model {name!r}; choose one of {sorted(REGISTRY)}")
+    try:
+        return REGISTRY[name](**spec)
+    except TypeError as err:
+        raise ValueError(f"model {name!r}: bad arguments {spec}: {err}") from err
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, spec: dict[str, Any], **extra: Any) -> None:
+    """Save weights, spec and any extra JSON-able info atomically."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"spec": spec, "state_dict": state, **extra}, tmp)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a checkpoint; returns (model in eval mode, checkpoint dict)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model checkpoint {path} does not exist (run the training stage first)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = build(ckpt["spec"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt
+
+
+def _import_zoo() -> None:
+    # Importing the modules runs their @register decorators.
+    from ntkbench.models import classifiers  # noqa: F401
+
+    for optional in ("tms", "modmlp", "shan_cnn"):
+        try:
+            __import__(f"ntkbench.models.{optional}")
+        except ImportError:
+            pass

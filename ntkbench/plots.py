@@ -1,0 +1,53 @@
+"""Figures of the main DAG (faithfulness summary). Written atomically as PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: workflow jobs and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ntkbench.utils import atomic_path  # noqa: E402
+
+__all__ = ["save_figure", "plot_faithfulness_summary"]
+
+KERNEL_LABELS = {"trntk": "trNTK", "trntk0": "trNTK⁰", "pntk": "pNTK", "pntk0": "pNTK⁰",
+                 "proj-trntk": "proj-trNTK", "proj-pntk": "proj-pNTK", "ck": "CK", "em": "Em",
+                 "entk": "eNTK"}
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 150) -> None:
+    """Save ``fig`` to ``path`` atomically and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_faithfulness_summary(summary: pd.DataFrame, path: str | Path) -> None:
+    """Kendall τ_K and TAD per kernel, grouped by experiment, with SEM error bars."""
+    experiments = list(dict.fromkeys(summary["experiment"]))
+    kernels = list(dict.fromkeys(summary["kernel"]))
+    width = 0.8 / max(len(kernels), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(experiments) + 4), 4.2))
+    colours = plt.cm.tab10(np.arange(len(kernels)) % 10)
+    for ax, metric, label in [(axes[0], "tau", "Kendall τ$_K$ (NN vs kGLM, test set)"),
+                              (axes[1], "tad", "TAD = kGLM acc − NN acc (%)")]:
+        for j, kernel in enumerate(kernels):
+            sub = summary[summary["kernel"] == kernel].set_index("experiment").reindex(experiments)
+            pos = np.arange(len(experiments)) + (j - (len(kernels) - 1) / 2) * width
+            ax.bar(pos, sub[metric], width, yerr=sub[f"{metric}_sem"].fillna(0), capsize=2,
+                   color=colours[j], label=KERNEL_LABELS.get(kernel, kernel))
+        ax.set_xticks(np.arange(len(experiments)), experiments, rotation=15)
+        ax.set_ylabel(label)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_title("Faithfulness of kernel surrogates")
+    axes[1].set_title("Test accuracy differential")
+    n_seeds = int(summary["n_seeds"].max()) if "n_seeds" in summary else 1
+    fig.suptitle(f"Mean ± SEM over {n_seeds} seeds", fontsize=9, y=0.98)
+    axes[1].legend(fontsize=8, loc="best", ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,180 @@
+"""HDF5 storage of kernel matrices: layout, provenance, block bookkeeping for resume.
+
+Layout of one kernel group (several groups may share a file, e.g. "train_train" and
+"test_train")::
+
+    <group>/kernel        (N, M) or (N, M, C, C) for entk, chunked
+    <group>/diag_x        unnormalised self-kernels of x: (N,) or (N, C, C)
+    <group>/diag_y        the same for y
+    <group>/diag_done     (row blocks,) uint8: diagonal blocks finished
+    <group>/blocks_done   (row blocks, column blocks) uint8: kernel blocks finished
+    <group>/features_x|y  projected kinds only: (N, C', K) projected gradients
+    attrs                 kind, options (JSON), fingerprints, versions, created, complete
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "KernelRecord",
+    "read_kernel",
+    "list_kernel_groups",
+    "model_fingerprint",
+    "tensor_fingerprint",
+    "IDENTITY_KEYS",
+    "open_kernel_group",
+    "mark_done",
+    "IncompatibleKernelFile",
+]
+
+# Attributes that must match for a partial group to be resumed.
+IDENTITY_KEYS = (
+    "kind", "identity_options", "model_fingerprint", "data_fingerprint_x", "data_fingerprint_y",
+    "block_size", "kernel_shape", "same_data",
+)
+
+
+class IncompatibleKernelFile(ValueError):
+    """An existing kernel group was computed with different settings and cannot be resumed."""
+
+
+@dataclass
+class KernelRecord:
+    """A kernel read back from HDF5."""
+
+    kernel: np.ndarray
+    diag_x: np.ndarray
+    diag_y: np.ndarray
+    attrs: dict[str, Any]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the state_dict (names, dtypes, shapes and bytes), first 16 hex digits."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def tensor_fingerprint(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes, first 16 hex digits."""
+    t = t.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel():
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _attr_value(value: Any) -> Any:
+    """HDF5 attributes hold scalars and strings; anything else is stored as JSON."""
+    if isinstance(value, (str, bool, int, float, np.integer, np.floating)):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value
+
+
+def _chunks(shape: tuple[int, ...], block_size: int) -> tuple[int, ...]:
+    """Chunk of whole trailing class dims and at most ~4 MB of float32."""
+    tail = shape[2:]
+    per_entry = int(np.prod(tail)) if tail else 1
+    side = max(1, min(block_size, int(np.sqrt((1 << 20) / per_entry))))
+    return (min(side, shape[0]), min(side, shape[1])) + tuple(tail)
+
+
+def open_kernel_group(
+    f: h5py.File,
+    group: str,
+    identity: Mapping[str, Any],
+    kernel_shape: tuple[int, ...],
+    diag_shape_x: tuple[int, ...],
+    diag_shape_y: tuple[int, ...],
+    num_blocks: tuple[int, int],
+    block_size: int,
+    dtype: np.dtype,
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> tuple[h5py.Group, bool]:
+    """Create ``group`` with its datasets, or reopen it for resuming.
+
+    Returns (group, resumed). Raises :class:`IncompatibleKernelFile` when the group exists
+    with different identity attributes (kind, options, fingerprints, block layout).
+    """
+    wanted = {k: _attr_value(identity[k]) for k in IDENTITY_KEYS}
+    if group in f:
+        grp = f[group]
+        stored = {k: _decode(grp.attrs.get(k)) for k in IDENTITY_KEYS}
+        diffs = [f"{k}: file has {stored[k]!r}, requested {wanted[k]!r}" for k in IDENTITY_KEYS if stored[k] != wanted[k]]
+        if diffs:
+            raise IncompatibleKernelFile(
+                f"{f.filename}:{group} holds a kernel computed with different settings, refusing to resume; "
+                + "; ".join(diffs) + ". Delete the group/file or write elsewhere."
+            )
+        return grp, True
+    grp = f.create_group(group)
+    grp.create_dataset("kernel", shape=kernel_shape, dtype=dtype, chunks=_chunks(kernel_shape, block_size))
+    grp.create_dataset("diag_x", shape=diag_shape_x, dtype=dtype)
+    grp.create_dataset("diag_y", shape=diag_shape_y, dtype=dtype)
+    grp.create_dataset("diag_done", shape=(num_blocks[0] + (0 if identity["same_data"] else num_blocks[1]),), dtype=np.uint8)
+    grp.create_dataset("blocks_done", shape=num_blocks, dtype=np.uint8)
+    for key, value in wanted.items():
+        grp.attrs[key] = value
+    for key, value in (extra_attrs or {}).items():
+        grp.attrs[key] = _attr_value(value)
+    grp.attrs["complete"] = False
+    grp.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    f.flush()
+    return grp, False
+
+
+def mark_done(grp: h5py.Group, name: str, index: tuple[int, ...] | int) -> None:
+    """Record a finished block (after its data was written) and flush to disk."""
+    grp[name][index] = 1
+    grp.file.flush()
+
+
+def list_kernel_groups(path: str | os.PathLike) -> list[str]:
+    """Names of the kernel groups in a file."""
+    with h5py.File(path, "r") as f:
+        return [name for name, obj in f.items() if isinstance(obj, h5py.Group) and "kernel" in obj]
+
+
+def read_kernel(path: str | os.PathLike, group: str = "kernel", allow_incomplete: bool = False) -> KernelRecord:
+    """Read a kernel group written by :func:`ntkbench.kernels.compute_to_hdf5`.
+
+    JSON-valued attributes (options, user attrs) are decoded. An unfinished group raises
+    unless ``allow_incomplete``.
+    """
+    with h5py.File(path, "r") as f:
+        if group not in f:
+            raise KeyError(f"{path} has no kernel group {group!r}; groups: {[k for k in f.keys()]}")
+        grp = f[group]
+        attrs: dict[str, Any] = {}
+        for key, value in grp.attrs.items():
+            value = _decode(value)
+            if isinstance(value, str) and value[:1] in "[{":
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    pass
+            attrs[key] = value
+        if not attrs.get("complete", False) and not allow_incomplete:
+            raise ValueError(f"{path}:{group} is incomplete (an interrupted computation); resume it first")
+        return KernelRecord(grp["kernel"][...], grp["diag_x"][...], grp["diag_y"][...], attrs)

@@ -1,0 +1,134 @@
+"""Small shared utilities: devices, seeds, atomic writes, code fingerprints, logging."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "resolve_device",
+    "seed_everything",
+    "atomic_path",
+    "atomic_write_text",
+    "code_fingerprint",
+    "get_logger",
+    "setup_logging",
+]
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """Turn a config device string into a torch.device.
+
+    ``"auto"`` (or None) picks CUDA when it is available, else CPU, so one config runs on a
+    laptop and on a GPU node unchanged.
+    """
+    if spec is None or spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch.Generator seeded the same way.
+
+    Training code draws its shuffles from the returned generator rather than global state, so
+    the same seed gives the same numbers whatever else ran before in the process.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    An interrupted job therefore never leaves a file that Snakemake (or a reader) would take
+    as finished. The temporary name keeps the extension, since some writers (matplotlib,
+    pandas) pick the format from it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def code_fingerprint(*paths: str | os.PathLike) -> str:
+    """Short hash of the source files under ``paths`` (files or directories of ``*.py``).
+
+    Snakemake does not track imported library code; rules pass this as a ``params`` value so
+    a change to a stage's code reruns that stage (and only that stage).
+    """
+    digest = hashlib.sha256()
+    for root in sorted(str(p) for p in paths):
+        root_path = Path(root)
+        if not root_path.exists():
+            raise FileNotFoundError(f"code_fingerprint: {root_path} does not exist")
+        files = [root_path] if root_path.is_file() else sorted(root_path.rglob("*.py"))
+        for file in files:
+            digest.update(file.as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A logger that prints time-stamped lines to stderr (captured by Snakemake's ``log:``)."""
+    logger = logging.getLogger(name)
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    return logger
+
+
+def setup_logging(log_path: str | os.PathLike | None, threads: int | None = None) -> logging.Logger:
+    """Configure a workflow script: log to ``log_path`` (Snakemake's ``log:``) and set threads.
+
+    Returns the root logger. Uncaught exceptions end up in the log too, so a failed job's log
+    says why it failed.
+    """
+    import sys
+
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    root = logging.getLogger()
+
+    def excepthook(exc_type, exc, tb):  # noqa: ANN001
+        root.error("job failed", exc_info=(exc_type, exc, tb))
+
+    sys.excepthook = excepthook
+    if threads:
+        torch.set_num_threads(int(threads))
+    return root

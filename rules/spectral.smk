@@ -1,0 +1,1 @@
+# placeholder: the spectral stage is being written

@@ -1,0 +1,121 @@
+"""Small models and a brute-force eNTK for the kernel tests."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, d_in: int = 6, width: int = 8, classes: int = 3):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, classes)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Conv2d + BatchNorm2d (eval) + Conv1d-free CNN with a linear head, on 1x8x8 inputs."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+            nn.Conv2d(4, 5, 3, stride=2), nn.ReLU(), nn.GroupNorm(1, 5),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(5 * 3 * 3, 7), nn.ReLU(), nn.Linear(7, classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class BinaryNet(nn.Module):
+    """Single-logit (C = 1) output of shape (N,), with an NTK-style parameter-free scale."""
+
+    def __init__(self, d_in: int = 5):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, 6)
+        self.fc2 = nn.Linear(6, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x) / d_scale(x.shape[1]))
+        return self.fc2(h).squeeze(1)
+
+
+def d_scale(n: int) -> float:
+    return n ** 0.5
+
+
+class TokenNet(nn.Module):
+    """Embedding (with padding_idx) + LayerNorm + Conv1d over the sequence + mean-pool head."""
+
+    def __init__(self, vocab: int = 11, dim: int = 6, classes: int = 2):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim, padding_idx=0)
+        self.norm = nn.LayerNorm(dim)
+        self.mix = nn.Linear(dim, dim)  # applied per position (3-D input)
+        self.conv = nn.Conv1d(dim, 4, 2)
+        self.act = nn.GELU()
+        self.out = nn.Linear(4, classes)
+
+    def forward(self, tokens):
+        h = self.mix(self.norm(self.emb(tokens)))  # (B, T, dim)
+        h = self.act(self.conv(h.transpose(1, 2)))  # (B, 4, T-1)
+        return self.out(h.mean(-1))
+
+
+class OddNet(nn.Module):
+    """Parameters the fast path cannot factorise: a root parameter, a weight also used
+    functionally outside its module, and a reused module."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([1.3, 0.7, 1.1, 0.9]))
+        self.fc = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc(x * self.scale))
+        h = torch.tanh(self.fc(h)) + 0.1 * torch.nn.functional.linear(h, self.fc.weight)  # reuse + functional
+        return self.head(h)
+
+
+def brute_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, C, P) per-sample, per-class gradients by one autograd.grad call each (float64)."""
+    model = copy.deepcopy(model).double().eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for n in range(x.shape[0]):
+        xi = x[n : n + 1]
+        xi = xi.double() if xi.is_floating_point() else xi
+        out = model(xi).reshape(1, -1)[0]
+        per_class = []
+        for c in range(out.shape[0]):
+            grads = torch.autograd.grad(out[c], params, retain_graph=True, allow_unused=True)
+            per_class.append(torch.cat([
+                (g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)
+            ]))
+        rows.append(torch.stack(per_class))
+    return torch.stack(rows)
+
+
+def brute_kernels(jx: torch.Tensor, jy: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Reference values of every gradient kernel from brute-force Jacobians."""
+    C = jx.shape[1]
+    entk = torch.einsum("icp,jdp->ijcd", jx, jy)
+    tr0 = entk.diagonal(dim1=2, dim2=3).sum(-1)
+    p0 = entk.sum((2, 3)) / C
+    dtx, dty = jx.pow(2).sum((1, 2)), jy.pow(2).sum((1, 2))
+    sx, sy = jx.sum(1), jy.sum(1)
+    dpx, dpy = sx.pow(2).sum(1) / C, sy.pow(2).sum(1) / C
+    return {
+        "entk": entk,
+        "trntk0": tr0,
+        "pntk0": p0,
+        "trntk": tr0 / torch.sqrt(dtx[:, None] * dty[None]),
+        "pntk": p0 / torch.sqrt(dpx[:, None] * dpy[None]),
+    }

@@ -1,0 +1,61 @@
+"""Config schema validation: the default passes, a wrong key or value is named in the error."""
+import copy
+
+import pytest
+import yaml
+
+from ntkbench.config import ConfigError, experiment_kglm, experiment_seeds, load_config, validate_config
+
+
+@pytest.fixture()
+def default_config():
+    with open("config.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def test_default_config_is_valid_and_gets_defaults(default_config):
+    cfg = validate_config(default_config)
+    assert cfg["device"] == "auto"
+    assert cfg["resources"]["kernels"]["threads"] >= 1
+    assert cfg["kernel_options"]["proj_type"] in ("gaussian", "rademacher")
+    # Validation never mutates the caller's dict.
+    assert "kernel_options" in default_config
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda c: c.update(kernel_opts={}), "<top level>: unknown key(s): 'kernel_opts'"),
+        (lambda c: c["experiments"]["digits2-mlp"]["train"].update(lr=-1.0),
+         "experiments.digits2-mlp.train.lr"),
+        (lambda c: c["experiments"]["digits2-mlp"].update(kernels=["trntk", "fancy"]),
+         "experiments.digits2-mlp.kernels.1"),
+        (lambda c: c["kernel_options"].update(proj_dim=0), "kernel_options.proj_dim"),
+        (lambda c: c["kglm"].update(target="guesses"), "kglm.target"),
+        (lambda c: c.update(device="tpu"), "device"),
+        (lambda c: c["experiments"]["digits2-cnn"]["data"].update(name="imagenet"),
+         "experiments.digits2-cnn.data.name"),
+    ],
+)
+def test_bad_config_names_the_key(default_config, edit, expected):
+    bad = copy.deepcopy(default_config)
+    edit(bad)
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad)
+    assert expected in str(err.value)
+
+
+def test_per_experiment_overrides(default_config):
+    cfg = copy.deepcopy(default_config)
+    cfg["experiments"]["digits2-cnn"]["kglm"] = {"alpha": 0.01}
+    cfg["experiments"]["digits2-cnn"]["seeds"] = [7]
+    cfg = validate_config(cfg)
+    assert experiment_kglm(cfg, "digits2-cnn")["alpha"] == 0.01
+    assert experiment_kglm(cfg, "digits2-mlp")["alpha"] == cfg["kglm"]["alpha"]
+    assert experiment_seeds(cfg, "digits2-cnn") == [7]
+    assert experiment_seeds(cfg, "digits2-mlp") == cfg["seeds"]
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,125 @@
+"""Real image data readers on tiny files written in the real formats, and the Shan et al. CNN."""
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from ntkbench.data import load_dataset
+from ntkbench.data.images import load_cifar10, load_fmnist, load_mnist, read_idx
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """IDX encoding: two zero bytes, dtype code 0x08 (uint8), ndim, big-endian sizes, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_idx_set(folder, n_train=6, n_test=4, gz=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    images = {"train": np.arange(n_train * 28 * 28).reshape(n_train, 28, 28) % 256,
+              "t10k": (np.arange(n_test * 28 * 28).reshape(n_test, 28, 28) * 3) % 256}
+    labels = {"train": np.arange(n_train) % 3, "t10k": np.arange(n_test) % 3}
+    for prefix in ("train", "t10k"):
+        for kind, arr in (("images-idx3-ubyte", images[prefix]), ("labels-idx1-ubyte", labels[prefix])):
+            name = f"{prefix}-{kind}"
+            if gz:
+                with gzip.open(folder / f"{name}.gz", "wb") as fh:
+                    fh.write(_idx_bytes(arr))
+            else:
+                (folder / name).write_bytes(_idx_bytes(arr))
+    return images, labels
+
+
+def test_read_idx_raw_and_gz(tmp_path):
+    arr = np.array([[1, 2, 3], [4, 5, 255]], dtype=np.uint8)
+    (tmp_path / "a").write_bytes(_idx_bytes(arr))
+    with gzip.open(tmp_path / "a.gz", "wb") as fh:
+        fh.write(_idx_bytes(arr))
+    np.testing.assert_array_equal(read_idx(tmp_path / "a"), arr)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), arr)
+    (tmp_path / "bad").write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "short").write_bytes(_idx_bytes(arr)[:-2])
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "short")
+
+
+def test_mnist_gz_in_mnist_folder(tmp_path):
+    images, labels = _write_idx_set(tmp_path / "mnist", gz=True)
+    bundle = load_mnist(tmp_path)
+    assert bundle.input_shape == (1, 28, 28) and bundle.num_classes == 10
+    np.testing.assert_allclose(bundle.train.x[:, 0].numpy(), images["train"] / 255.0, atol=1e-7)
+    assert bundle.train.y.tolist() == [0, 1, 2, 0, 1, 2] and bundle.test.y.tolist() == [0, 1, 2, 0]
+    assert float(bundle.test.x.max()) <= 1.0
+
+
+def test_fmnist_raw_torchvision_layout_classes_and_subset(tmp_path):
+    _write_idx_set(tmp_path / "FashionMNIST" / "raw", gz=False)
+    # Classes [2, 1] are relabelled 0, 1 in that order; training labels 0,1,2,0,1,2 -> keep 4.
+    bundle = load_fmnist(tmp_path, classes=[2, 1])
+    assert bundle.num_classes == 2 and bundle.train.y.tolist() == [1, 0, 1, 0]
+    sub = load_dataset({"name": "fmnist", "max_train": 3, "max_test": 2, "split_seed": 1}, data_dir=tmp_path)
+    assert len(sub.train) == 3 and len(sub.test) == 2
+
+
+def test_missing_mnist_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\[\.gz\] not found.*yann\.lecun"):
+        load_mnist(tmp_path)
+    with pytest.raises(ValueError, match="test_fraction"):
+        load_dataset({"name": "mnist", "test_fraction": 0.3}, data_dir=tmp_path)
+
+
+def _write_cifar(root, per_batch=2):
+    root.mkdir(parents=True)
+    # Each image is constant per channel: red = 10·k, green = 20, blue = 30 (k = image number),
+    # stored the CIFAR way as 1024 red, 1024 green, 1024 blue bytes per row.
+    k = 0
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        rows, labels = [], []
+        for _ in range(per_batch):
+            rows.append(np.concatenate([np.full(1024, 10 * k), np.full(1024, 20), np.full(1024, 30)]))
+            labels.append(k % 10)
+            k += 1
+        with open(root / name, "wb") as fh:
+            pickle.dump({b"data": np.array(rows, dtype=np.uint8), b"labels": labels,
+                         b"batch_label": name.encode()}, fh)
+
+
+def test_cifar10_batches_channel_order(tmp_path):
+    _write_cifar(tmp_path / "cifar-10-batches-py")
+    bundle = load_cifar10(tmp_path)
+    assert len(bundle.train) == 10 and len(bundle.test) == 2 and bundle.input_shape == (3, 32, 32)
+    x = bundle.train.x.numpy()
+    np.testing.assert_allclose(x[3, 0], 30 / 255.0, atol=1e-7)   # red of image 3 = 10·3
+    np.testing.assert_allclose(x[3, 1], 20 / 255.0, atol=1e-7)
+    np.testing.assert_allclose(x[3, 2], 30 / 255.0, atol=1e-7)
+    assert bundle.train.y.tolist() == list(range(10)) and bundle.test.y.tolist() == [0, 1]
+    # Poisoning the RGB images with a yellow square goes through load_dataset.
+    poisoned = load_dataset({"name": "cifar10", "poison": {"fraction": 0.2, "target": 4, "size": 3,
+                                                           "colour": [1, 1, 0], "corner": "bottom-right"}},
+                            data_dir=tmp_path)
+    idx = poisoned.extra["poisoned_train_idx"]
+    assert len(idx) == 2 and torch.all(poisoned.train.y[idx] == 4)
+    patch = poisoned.train.x[idx][:, :, 29:, 29:]
+    assert torch.all(patch[:, :2] == 1.0) and torch.all(patch[:, 2] == 0.0)
+
+
+def test_missing_cifar_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data_batch_1 not found.*cifar-10-python\.tar\.gz"):
+        load_cifar10(tmp_path)
+
+
+def test_shan_cnn_matches_paper_parameter_count():
+    from ntkbench.models import build
+
+    model = build({"name": "shan-cnn", "input_shape": [3, 32, 32], "num_outputs": 10})
+    # Paper 001, appendix K.2.5: "The total number of parameters for this model is 820394."
+    assert sum(p.numel() for p in model.parameters()) == 820394
+    model.eval()
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="too small"):
+        build({"name": "shan-cnn", "input_shape": [1, 8, 8], "num_outputs": 10})

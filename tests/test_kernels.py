@@ -1,0 +1,260 @@
+"""Kernel values against brute force, for every kind and several architectures."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ntkbench import kernels
+from tests.kernel_models import BinaryNet, MLP, OddNet, SmallCNN, TokenNet, brute_jacobian, brute_kernels
+
+F64 = torch.float64
+GRAD_KINDS = ["entk", "trntk0", "trntk", "pntk0", "pntk"]
+
+
+def _bn_stats(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics so that eval-mode batch norm is not the identity."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.uniform_(-0.5, 0.5, generator=g)
+    return model
+
+
+def make_case(name: str):
+    torch.manual_seed(0)
+    if name == "mlp":
+        return MLP(), torch.randn(7, 6), torch.randn(5, 6)
+    if name == "cnn":
+        return _bn_stats(SmallCNN()), torch.randn(6, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    if name == "binary":
+        return BinaryNet(), torch.randn(6, 5), torch.randn(3, 5)
+    if name == "tokens":
+        x = torch.randint(0, 11, (6, 5))
+        x[0, 1] = 0  # padding token
+        return TokenNet(), x, torch.randint(0, 11, (4, 5))
+    if name == "odd":
+        return OddNet(), torch.randn(5, 4), torch.randn(3, 4)
+    raise KeyError(name)
+
+
+CASES = ["mlp", "cnn", "binary", "tokens", "odd"]
+
+
+@pytest.fixture(scope="module")
+def references():
+    out = {}
+    for name in CASES:
+        model, x, y = make_case(name)
+        out[name] = (model, x, y, brute_kernels(brute_jacobian(model, x), brute_jacobian(model, y)),
+                     brute_kernels(brute_jacobian(model, x), brute_jacobian(model, x)))
+    return out
+
+
+@pytest.mark.parametrize("impl", ["fast", "generic"])
+@pytest.mark.parametrize("case", CASES)
+def test_gradient_kinds_match_brute_force(references, case, impl):
+    model, x, y, ref_xy, ref_xx = references[case]
+    impl = "auto" if case == "odd" and impl == "fast" else impl  # odd needs the verified fallback
+    for kind in GRAD_KINDS:
+        k = kernels.compute(model, x, y, kind, dtype=F64, impl=impl)
+        torch.testing.assert_close(k, ref_xy[kind], rtol=1e-9, atol=1e-10, msg=f"{case} {kind} {impl}")
+        kxx = kernels.compute(model, x, kind=kind, dtype=F64, impl=impl)
+        torch.testing.assert_close(kxx, ref_xx[kind], rtol=1e-9, atol=1e-10, msg=f"{case} {kind} xx")
+
+
+def test_fast_path_agrees_with_generic_float32(references):
+    for case in CASES:
+        model, x, y, _, _ = references[case]
+        for kind in ["entk", "trntk", "pntk0"]:
+            fast = kernels.compute(model, x, y, kind, impl="auto")
+            generic = kernels.compute(model, x, y, kind, impl="generic")
+            assert fast.dtype == torch.float32
+            rel = (fast - generic).norm() / generic.norm()
+            assert rel < 1e-5, (case, kind, rel.item())
+
+
+def test_fast_impl_refuses_unfactorisable_module(references):
+    model, x, y, _, _ = references["odd"]
+    with pytest.raises(RuntimeError, match="do not match autograd"):
+        kernels.compute(model, x, y, "trntk", impl="fast")
+
+
+def test_class_sums_and_normalisation(references):
+    model, x, y, _, _ = references["mlp"]
+    entk = kernels.compute(model, x, y, "entk", dtype=F64)
+    C = entk.shape[-1]
+    torch.testing.assert_close(kernels.compute(model, x, y, "trntk0", dtype=F64), entk.diagonal(dim1=2, dim2=3).sum(-1))
+    torch.testing.assert_close(kernels.compute(model, x, y, "pntk0", dtype=F64), entk.sum((2, 3)) / C)
+    for kind in ["trntk", "pntk", "proj-trntk", "proj-pntk", "ck", "em"]:
+        k = kernels.compute(model, x, kind=kind, proj_dim=64)
+        assert torch.equal(k.diagonal(), torch.ones(x.shape[0])), kind
+        assert k.abs().max() <= 1 + 1e-5
+        torch.testing.assert_close(k, k.T, rtol=1e-5, atol=1e-6)
+
+
+def test_importance_scales_classes(references):
+    model, x, y, _, _ = references["mlp"]
+    imp = torch.tensor([1.0, 0.25, 4.0])
+    jx, jy = brute_jacobian(model, x), brute_jacobian(model, y)
+    s = imp.double().sqrt().view(1, -1, 1)
+    ref = brute_kernels(jx * s, jy * s)
+    for kind in GRAD_KINDS:
+        k = kernels.compute(model, x, y, kind, importance=imp, dtype=F64)
+        torch.testing.assert_close(k, ref[kind], msg=kind)
+    j = kernels.jacobian(model, x, importance=imp, dtype=F64)
+    torch.testing.assert_close(j, jx * s)
+    with pytest.raises(ValueError, match="importance has 2 entries"):
+        kernels.compute(model, x, y, "trntk", importance=[1.0, 2.0])
+
+
+def test_jacobian_layout_and_groups(references):
+    model, x, _, _, _ = references["cnn"]
+    j = kernels.jacobian(model, x, dtype=F64, batch_size=4)
+    torch.testing.assert_close(j, brute_jacobian(model, x))
+    groups = kernels.parameter_groups(model)
+    assert list(groups)[:2] == ["features.0", "features.1"]
+    assert groups["features.0"] == ["features.0.weight", "features.0.bias"]
+    parts = kernels.jacobian(model, x, dtype=F64, layerwise=True)
+    torch.testing.assert_close(torch.cat(list(parts.values()), dim=2), j)
+    odd = OddNet()
+    assert kernels.parameter_groups(odd) == {"scale": ["scale"], "fc": ["fc.weight", "fc.bias"], "head": ["head.weight", "head.bias"]}
+
+
+@pytest.mark.parametrize("kind", ["entk", "trntk0", "trntk", "pntk", "em"])
+def test_layerwise_parts_sum_to_total(references, kind):
+    model, x, y, _, _ = references["cnn"]
+    total = kernels.compute(model, x, y, kind, dtype=F64)
+    parts = kernels.compute(model, x, y, kind, dtype=F64, layerwise=True)
+    expected = list(kernels.parameter_groups(model)) if kind != "em" else ["features.2", "features.4", "head.2"]
+    assert list(parts) == expected
+    torch.testing.assert_close(sum(parts.values()), total)
+    assert all(v.abs().sum() > 0 for v in parts.values())
+    if kind == "trntk0":  # a group's part is the kernel of that group's Jacobian alone
+        jx = kernels.jacobian(model, x, dtype=F64, layerwise=True)["head.3"]
+        jy = kernels.jacobian(model, y, dtype=F64, layerwise=True)["head.3"]
+        torch.testing.assert_close(parts["head.3"], torch.einsum("icp,jcp->ij", jx, jy))
+
+
+def test_ck_and_em_definitions():
+    torch.manual_seed(0)
+    model = MLP()
+    x, y = torch.randn(5, 6), torch.randn(4, 6)
+    acts = {}
+    hooks = [model.net[i].register_forward_hook(lambda m, i_, o, k=i: acts.__setitem__(k, o.detach())) for i in (1, 3)]
+    feats_x = {}
+    model.double()
+    with torch.no_grad():
+        model(x.double()); feats_x = dict(acts)
+        model(y.double()); feats_y = dict(acts)
+    for h in hooks:
+        h.remove()
+    # ck: input of the last Linear = output of the Tanh (index 3)
+    ex, ey = feats_x[3], feats_y[3]
+    ck_ref = (ex @ ey.T) / (ex.norm(dim=1)[:, None] * ey.norm(dim=1)[None])
+    torch.testing.assert_close(kernels.compute(model, x, y, "ck", dtype=F64), ck_ref)
+    g = sum(feats_x[i] @ feats_y[i].T for i in (1, 3))
+    dx = sum(feats_x[i].pow(2).sum(1) for i in (1, 3))
+    dy = sum(feats_y[i].pow(2).sum(1) for i in (1, 3))
+    torch.testing.assert_close(kernels.compute(model, x, y, "em", dtype=F64), g / torch.sqrt(dx[:, None] * dy[None]))
+    one = kernels.compute(model, x, y, "em", layers=["net.1"], dtype=F64)
+    ref1 = (feats_x[1] @ feats_y[1].T) / (feats_x[1].norm(dim=1)[:, None] * feats_y[1].norm(dim=1)[None])
+    torch.testing.assert_close(one, ref1)
+    with pytest.raises(ValueError, match="unknown em layer"):
+        kernels.compute(model, x, y, "em", layers=["nope"])
+
+
+def test_projection_reproducible_and_converges(references):
+    model, x, y, ref_xy, _ = references["mlp"]
+    a = kernels.compute(model, x, y, "proj-trntk", proj_dim=256, seed=3, dtype=F64)
+    b = kernels.compute(model, x, y, "proj-trntk", proj_dim=256, seed=3, dtype=F64, impl="generic")
+    c = kernels.compute(model, x, y, "proj-trntk", proj_dim=256, seed=4, dtype=F64)
+    torch.testing.assert_close(a, b)  # fast (shared-input) and dense projections use the same R
+    assert (a - c).abs().max() > 1e-3
+    errors = []
+    for k in (16, 256, 4096):
+        est = [kernels.compute(model, x, y, "proj-trntk", proj_dim=k, seed=s, dtype=F64) for s in range(3)]
+        errors.append(sum((e - ref_xy["trntk"]).pow(2).mean().item() for e in est) / 3)
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 1e-3
+
+
+@pytest.mark.parametrize("proj_type", ["gaussian", "rademacher"])
+def test_projection_equals_dense_projection(references, proj_type):
+    from ntkbench.kernels.forward import trainable_parameters
+    from ntkbench.kernels.projection import BlockProjector
+
+    for case in ["mlp", "tokens", "cnn"]:
+        model, x, y, _, _ = references[case]
+        layout = [(n, tuple(p.shape)) for n, p in trainable_parameters(model).items()]
+        rt = BlockProjector(64, proj_type, 11, torch.device("cpu"), F64).dense_matrix(layout)
+        if proj_type == "rademacher":
+            assert torch.allclose(rt.abs(), torch.full_like(rt, 64 ** -0.5))
+        jx, jy = brute_jacobian(model, x), brute_jacobian(model, y)
+        px, py = jx @ rt, jy @ rt
+        C = jx.shape[1]
+        for kind, fx, fy in [("proj-trntk", px, py), ("proj-pntk", px.sum(1, keepdim=True), py.sum(1, keepdim=True))]:
+            k0 = torch.einsum("ick,jck->ij", fx, fy)
+            ref = k0 / torch.sqrt(fx.pow(2).sum((1, 2))[:, None] * fy.pow(2).sum((1, 2))[None])
+            got = kernels.compute(model, x, y, kind, proj_dim=64, proj_type=proj_type, seed=11, dtype=F64)
+            torch.testing.assert_close(got, ref, msg=f"{case} {kind}")
+
+
+def test_dataset_and_dataloader_inputs(references):
+    model, x, y, _, _ = references["cnn"]
+    want = kernels.compute(model, x, y, "trntk", dtype=F64)
+    ds_x = TensorDataset(x, torch.zeros(len(x)))
+    got_ds = kernels.compute(model, ds_x, TensorDataset(y), "trntk", dtype=F64)
+    got_dl = kernels.compute(model, DataLoader(ds_x, batch_size=4), DataLoader(TensorDataset(y), batch_size=3), "trntk", dtype=F64)
+    torch.testing.assert_close(got_ds, want)
+    torch.testing.assert_close(got_dl, want)
+
+
+def test_batching_does_not_change_result(references):
+    model, x, y, _, _ = references["tokens"]
+    a = kernels.compute(model, x, y, "entk", dtype=F64, batch_size=2)
+    b = kernels.compute(model, x, y, "entk", dtype=F64, batch_size=64)
+    torch.testing.assert_close(a, b)
+
+
+def test_model_mode_restored_and_not_cast(references):
+    model, x, y, _, _ = references["cnn"]
+    model.train()
+    model.features[1].eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kernels.compute(model, x, y, "trntk", dtype=F64)
+    assert model.training and not model.features[1].training and model.head.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert next(model.parameters()).dtype == torch.float32
+    model.eval()
+
+
+def test_bad_inputs():
+    model = MLP()
+    x = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="unknown kernel kind 'ntk'.*trntk"):
+        kernels.compute(model, x, kind="ntk")
+    with pytest.raises(ValueError, match=r"per-sample shape \(5,\)"):
+        kernels.compute(model, torch.randn(4, 5))
+    with pytest.raises(ValueError, match="proj_dim must be a positive integer"):
+        kernels.compute(model, x, kind="proj-trntk", proj_dim=0)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        kernels.compute(nn.Sequential(nn.ReLU()), x)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        kernels.jacobian(nn.Sequential(nn.ReLU()), x)
+    bad = MLP()
+    bad.net[0].bias.data[0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        kernels.compute(bad, x)
+    with pytest.raises(ValueError, match="layerwise=True is not available"):
+        kernels.compute(model, x, kind="proj-trntk", layerwise=True)
+    with pytest.raises(ValueError, match="no activation modules"):
+        kernels.compute(BinaryNet(), torch.randn(3, 5), kind="em")
+    with pytest.raises(ValueError, match="unknown impl"):
+        kernels.compute(model, x, impl="magic")
+    with pytest.raises(TypeError, match="expected a torch.Tensor"):
+        kernels.compute(model, [[1.0] * 6])
