@@ -117,7 +117,7 @@ def flag_precision_recall(flags_clean: np.ndarray, flags_poisoned: np.ndarray) -
     flags_poisoned = np.asarray(flags_poisoned, dtype=bool)
     truth = np.concatenate([np.zeros(len(flags_clean), bool), np.ones(len(flags_poisoned), bool)])
     pred = np.concatenate([flags_clean, flags_poisoned])
-    precision, recall = precision_recall(truth, pred)
+    precision, recall = precision_recall(pred, truth)
     return float(precision), float(recall)
 
 
@@ -279,7 +279,10 @@ def table_markdown(table: pd.DataFrame) -> str:
                "poi. τ_K", "poi. TAD (%)", "poi. R_miss"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in table.to_dict("records"):
-        cells = [str(row["kernel"])] + [format_with_uncertainty(row[m], row[f"{m}_sem"]) for m in TABLE3_METRICS]
+        cells = [str(row["kernel"])] + [
+            format_with_uncertainty(row[m], row[f"{m}_sem"], signed=m.endswith("tad"),
+                                    decimals=2 if m in ("precision", "recall", "tad", "poi_tad") else 3)
+            for m in TABLE3_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

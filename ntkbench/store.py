@@ -64,7 +64,7 @@ def model_fingerprint(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()[:16]
 
 
@@ -79,7 +79,9 @@ def tensor_fingerprint(t: torch.Tensor) -> str:
 
 def _attr_value(value: Any) -> Any:
     """HDF5 attributes hold scalars and strings; anything else is stored as JSON."""
-    if isinstance(value, (str, bool, int, float, np.integer, np.floating)):
+    if isinstance(value, str):
+        return str(value)  # plain str: subclasses (torch.__version__) have no HDF5 type
+    if isinstance(value, (bool, int, float, np.integer, np.floating)):
         return value
     return json.dumps(value, sort_keys=True, default=str)
 

@@ -98,7 +98,18 @@ def test_table3_means_and_sems():
 
 
 # ----------------------------------------------------------------------------- end to end
-def test_forensics_stage_end_to_end_on_tiny_config(tmp_path, caplog):
+@pytest.fixture()
+def one_torch_thread():
+    # Other tests and jobs share the CPU; oversubscribed intra-op threads make this 50x slower.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_forensics_stage_end_to_end_on_tiny_config(tmp_path, one_torch_thread):
     """data -> train -> kernels -> kGLM -> forensics with the real stages on a tiny config."""
     from ntkbench import stages
     from ntkbench.config import experiment_kglm, experiment_seeds, load_config
@@ -107,6 +118,7 @@ def test_forensics_stage_end_to_end_on_tiny_config(tmp_path, caplog):
     from ntkbench.plots_forensics import plot_forensics_result
 
     cfg = load_config(Path(__file__).parent / "configs" / "forensics_tiny.yaml")
+    cfg["kernel_options"].update(proj_dim=256, block_size=64)  # as in the tiny workflow config
     (name, exp), = cfg["experiments"].items()
     seeds, kernels = experiment_seeds(cfg, name), exp["kernels"]
     data = tmp_path / "data.npz"
@@ -117,6 +129,8 @@ def test_forensics_stage_end_to_end_on_tiny_config(tmp_path, caplog):
         stages.train_stage(data, exp["model"], exp["train"], seed, "cpu", run / "model.pt",
                            run / "logits.npz", run / "training.csv")
         logits_paths.append(run / "logits.npz")
+        (run / "kernels").mkdir()  # Snakemake creates output folders; here we do
+        (run / "kglm").mkdir()
         for kernel in kernels:
             kernel_paths[seed, kernel] = run / "kernels" / f"{kernel}.h5"
             kglm_paths[seed, kernel] = run / "kglm" / f"{kernel}.json"
@@ -145,7 +159,11 @@ def test_forensics_stage_end_to_end_on_tiny_config(tmp_path, caplog):
     assert list(table.columns[:len(TABLE3_COLUMNS)]) == list(TABLE3_COLUMNS)
     assert (table["n_seeds"] == len(seeds)).all()
     assert table[["precision", "recall"]].apply(lambda c: c.between(0, 100) | c.isna()).all().all()
-    assert table["tau"].between(-1, 1).all() and table["poi_tau"].between(-1, 1).all()
+    # τ_K may be NaN where the kGLM saturates to constant log-probabilities (e.g. trNTK⁰ on
+    # the poisoned set, where everything is predicted as the target); never outside [-1, 1].
+    for column in ("tau", "poi_tau"):
+        assert (table[column].between(-1, 1) | table[column].isna()).all()
+    assert table["tau"].notna().sum() >= 4
     # The numbers are recomputable from the files: precision/recall of seed 0's trNTK.
     from ntkbench.data import load_bundle
     from ntkbench.store import read_kernel

@@ -258,3 +258,27 @@ def test_bad_inputs():
         kernels.compute(model, x, impl="magic")
     with pytest.raises(TypeError, match="expected a torch.Tensor"):
         kernels.compute(model, [[1.0] * 6])
+
+
+def test_symmetric_blocks_and_uncached_path(monkeypatch):
+    """y=None uses upper-triangle blocks (N > 128); without the feature cache rows and
+    columns are recomputed per block. Both must equal the plain two-argument result."""
+    from ntkbench.kernels import api
+
+    torch.manual_seed(0)
+    model = TokenNet()
+    x = torch.randint(0, 11, (300, 5))
+    for kind, layerwise in [("trntk", False), ("entk", False), ("trntk0", True)]:
+        sym = kernels.compute(model, x, kind=kind, dtype=F64, layerwise=layerwise)
+        full = kernels.compute(model, x, x.clone(), kind=kind, dtype=F64, layerwise=layerwise)
+        if layerwise:
+            for k in full:
+                torch.testing.assert_close(sym[k], full[k])
+        else:
+            torch.testing.assert_close(sym, full)
+    monkeypatch.setattr(api, "CACHE_BYTES", 0)
+    small = x[:40]
+    for y in (None, small[:17]):
+        got = kernels.compute(model, small, y, kind="pntk", dtype=F64, batch_size=16)
+        want = kernels.compute(model, small, small if y is None else y.clone(), kind="pntk", dtype=F64, impl="generic")
+        torch.testing.assert_close(got, want)

@@ -15,6 +15,8 @@ def load_digits_bundle(
     classes: Sequence[int] | None = None,
     test_fraction: float = 0.3,
     split_seed: int = 0,
+    max_train: int | None = None,
+    max_test: int | None = None,
     data_dir: Path | None = None,  # unused: the data ship with scikit-learn
 ) -> DataBundle:
     """Digits restricted to ``classes`` (all ten when None), pixels scaled to [0, 1].
@@ -40,12 +42,23 @@ def load_digits_bundle(
     train_idx, test_idx = train_test_split(
         idx, test_size=test_fraction, random_state=split_seed, stratify=y
     )
-    train_idx.sort()
-    test_idx.sort()
+    # Optional stratified subsets (tiny test configs); seeded by split_seed like the split.
+    train_idx = _stratified_subset(train_idx, y, max_train, split_seed)
+    test_idx = _stratified_subset(test_idx, y, max_test, split_seed)
     return DataBundle(
         train=Split(x[train_idx], y[train_idx]),
         test=Split(x[test_idx], y[test_idx]),
         num_classes=len(classes),
         meta={"name": "digits", "classes": classes, "test_fraction": test_fraction,
-              "split_seed": split_seed},
+              "split_seed": split_seed, "max_train": max_train, "max_test": max_test},
     )
+
+
+def _stratified_subset(idx: np.ndarray, y: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``size`` elements of ``idx``, keeping the class balance."""
+    if size is None or size >= len(idx):
+        return np.sort(idx)
+    if size < len(np.unique(y[idx])):
+        raise ValueError(f"data.max_train/max_test = {size} is smaller than the number of classes")
+    keep, _ = train_test_split(idx, train_size=size, random_state=seed, stratify=y[idx])
+    return np.sort(keep)

@@ -22,7 +22,7 @@ from .forward import checked_forward, eval_mode, model_device
 from .generic import class_scale, functional_state
 from .inputs import as_input_tensor, cast_input, iter_batches
 from .projection import PROJ_TYPES, BlockProjector
-from .reps import DenseGrad, GradRep, concat_reps, contract, self_kernel
+from .reps import DenseGrad, GradRep, concat_reps, contract, prepare, self_kernel
 
 __all__ = [
     "KINDS",
@@ -229,13 +229,45 @@ def _all_reps(source, data: torch.Tensor, step: int, device, dtype) -> dict[str,
     return _concat_parts(blocks)
 
 
+def _rows_of(reps: dict[str, list[GradRep]], start: int, stop: int) -> dict[str, list[GradRep]]:
+    return {k: [r.rows(start, stop) for r in rs] for k, rs in reps.items()}
+
+
+def _symmetric_kernel(reps: dict[str, list[GradRep]], entk: bool, layerwise: bool, n: int):
+    """K(X, X) from the upper triangle of blocks (about half the flops), mirrored."""
+    step = max(128, math.ceil(n / 8))
+    if step >= n:
+        return block_kernel(reps, reps, entk, layerwise)
+    reps = {k: [prepare(r, entk) for r in rs] for k, rs in reps.items()}
+    starts = list(range(0, n, step))
+    rows = [_rows_of(reps, s, s + step) for s in starts]
+    out: dict[str, torch.Tensor] = {}
+    for i, si in enumerate(starts):
+        for j in range(i, len(starts)):
+            sj = starts[j]
+            blk = block_kernel(rows[i], rows[j], entk, True)
+            if not layerwise:
+                total = None
+                for v in blk.values():
+                    total = v if total is None else total + v
+                blk = {"": total}
+            for name, value in blk.items():
+                if name not in out:
+                    out[name] = value.new_empty((n, n) + tuple(value.shape[2:]))
+                out[name][si : si + step, sj : sj + step] = value
+                if j > i:
+                    mirrored = value.permute(1, 0, 3, 2) if entk else value.T
+                    out[name][sj : sj + step, si : si + step] = mirrored
+    return out if layerwise else out[""]
+
+
 def _kernel_in_memory(source, opts: KernelOptions, X: torch.Tensor, Y: torch.Tensor, same: bool, device):
     """(kernel or {part: kernel}, diag_x, diag_y), unnormalised."""
     dtype, entk, layerwise = opts.torch_dtype, opts.entk, opts.layerwise
     step = X.shape[0] if isinstance(source, _ProjectedSource) else opts.batch_size
     ry = _all_reps(source, Y, max(step, Y.shape[0] if isinstance(source, _ProjectedSource) else step), device, dtype)
     if same and ry is not None:
-        return block_kernel(ry, ry, entk, layerwise), block_diag(ry, entk), None
+        return _symmetric_kernel(ry, entk, layerwise, Y.shape[0]), block_diag(ry, entk), None
     if ry is None:
         _LOG.info("features of %d samples exceed the %d MB cache; recomputing them per row block", Y.shape[0], CACHE_BYTES >> 20)
     rows, diag_x, diag_y = [], [], []

@@ -18,6 +18,7 @@ generic path.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -138,6 +139,7 @@ class GradientEngine:
         if impl != "generic":
             self._plan_fast_modules()
         self._verified = impl == "generic"
+        self._batched_backward: bool | None = None
 
     # -- planning ---------------------------------------------------------------------------
     def _plan_fast_modules(self) -> None:
@@ -200,22 +202,41 @@ class GradientEngine:
         B, C = logits.shape
         mix = torch.eye(C, dtype=logits.dtype, device=logits.device) if self.mix is None else self.mix
         seeds = mix.T.unsqueeze(1).expand(mix.shape[1], B, C)  # (C', B, C)
-        try:
-            grads = torch.autograd.grad(
-                logits, tensors, grad_outputs=seeds.contiguous(), retain_graph=True,
-                allow_unused=True, is_grads_batched=True,
-            )
-            return list(grads)
-        except RuntimeError:
-            # Some ops have no batching rule for their backward; loop over classes instead.
-            per_class = [
-                torch.autograd.grad(logits, tensors, grad_outputs=s, retain_graph=True, allow_unused=True)
-                for s in seeds
-            ]
-            return [
-                None if per_class[0][i] is None else torch.stack([pc[i] for pc in per_class])
-                for i in range(len(tensors))
-            ]
+        if self._batched_backward is None:
+            # vmap'd backward wins for conv nets, a plain loop over classes for small MLPs:
+            # time both once and keep the faster.
+            timings = {}
+            for mode in (True, False):
+                start = time.perf_counter()
+                result = self._grads_mode(logits, tensors, seeds, mode)
+                timings[mode] = time.perf_counter() - start if result is not None else float("inf")
+            self._batched_backward = timings[True] < timings[False]
+            if result is not None and not self._batched_backward:
+                return result
+        result = self._grads_mode(logits, tensors, seeds, self._batched_backward)
+        if result is None:  # no batching rule for some op's backward
+            self._batched_backward = False
+            result = self._grads_mode(logits, tensors, seeds, False)
+        return result
+
+    @staticmethod
+    def _grads_mode(logits, tensors, seeds, batched: bool) -> list[torch.Tensor | None] | None:
+        if batched:
+            try:
+                return list(torch.autograd.grad(
+                    logits, tensors, grad_outputs=seeds.contiguous(), retain_graph=True,
+                    allow_unused=True, is_grads_batched=True,
+                ))
+            except RuntimeError:
+                return None
+        per_class = [
+            torch.autograd.grad(logits, tensors, grad_outputs=s, retain_graph=True, allow_unused=True)
+            for s in seeds
+        ]
+        return [
+            None if per_class[0][i] is None else torch.stack([pc[i] for pc in per_class])
+            for i in range(len(tensors))
+        ]
 
     # -- building representations ----------------------------------------------------------
     def _module_rep(self, fm: _FastModule, deltas: list[torch.Tensor | None], B: int) -> GradRep:

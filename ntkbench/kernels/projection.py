@@ -60,7 +60,7 @@ class BlockProjector:
         return max(1, BLOCK_ELEMENTS // max(row_len, 1))
 
     def block(self, name: str, shape: tuple[int, ...], index: int) -> torch.Tensor:
-        """Block ``index`` of R^T for parameter ``name``: (rows_in_block * row_length, K)."""
+        """Block ``index`` of sqrt(K) R^T for parameter ``name``: (rows_in_block * row_length, K)."""
         rows, row_len = _rows(shape)
         per = self.rows_per_block(shape)
         r0, r1 = index * per, min(rows, (index + 1) * per)
@@ -71,7 +71,7 @@ class BlockProjector:
             block = torch.randn(size, generator=gen, dtype=torch.float32)
         else:
             block = torch.randint(0, 2, size, generator=gen, dtype=torch.int8).to(torch.float32).mul_(2).sub_(1)
-        block.mul_(1.0 / math.sqrt(self.proj_dim))
+        # The 1/sqrt(K) scale is applied to the (much smaller) projected output instead.
         return block.to(device=self.device, dtype=self.dtype)
 
     def blocks(self, name: str, shape: tuple[int, ...]) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -83,11 +83,15 @@ class BlockProjector:
 
     def dense_matrix(self, layout: list[tuple[str, tuple[int, ...]]]) -> torch.Tensor:
         """The whole R^T (P x K) for ``layout``; for tests and small models only."""
-        return torch.cat([blk for name, shape in layout for _, _, blk in self.blocks(name, shape)])
+        full = torch.cat([blk for name, shape in layout for _, _, blk in self.blocks(name, shape)])
+        return full / math.sqrt(self.proj_dim)
 
     # -- projecting representations -------------------------------------------------------
     def project(self, rep: GradRep) -> torch.Tensor:
         """R g^c for every sample and class: (B, C, K)."""
+        return self._project_unscaled(rep).mul_(1.0 / math.sqrt(self.proj_dim))
+
+    def _project_unscaled(self, rep: GradRep) -> torch.Tensor:
         B, C = rep.batch, rep.num_classes
         out = torch.zeros(B, C, self.proj_dim, dtype=self.dtype, device=self.device)
         if isinstance(rep, DenseGrad):

@@ -15,12 +15,29 @@ Kernel contractions pick per group the cheaper of the factorised and the materia
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Union
 
 import torch
 
-__all__ = ["DenseGrad", "OuterGrad", "GradRep", "contract", "self_kernel", "concat_reps", "map_classes"]
+__all__ = [
+    "DenseGrad", "OuterGrad", "GradRep", "contract", "self_kernel", "concat_reps", "map_classes", "prepare", "STATS",
+]
+
+
+@dataclass
+class ContractionStats:
+    """Flop estimate and wall time of all kernel contractions (read by the benchmarks)."""
+
+    flops: float = 0.0
+    seconds: float = 0.0
+
+    def reset(self) -> None:
+        self.flops, self.seconds = 0.0, 0.0
+
+
+STATS = ContractionStats()
 
 # Largest intermediate (elements) a factorised contraction may create before it is chunked.
 _MAX_INTERMEDIATE = 1 << 25
@@ -111,6 +128,7 @@ class OuterGrad:
             self.weight,
             self.bias,
             self.transposed,
+            None if self._dense is None else self._dense[start:stop],
         )
 
     def nbytes(self) -> int:
@@ -201,6 +219,7 @@ def _use_factorised(x: OuterGrad, y: OuterGrad, entk: bool) -> bool:
 def _contract_dense(gx: torch.Tensor, gy: torch.Tensor, entk: bool) -> torch.Tensor:
     Bx, C, p = gx.shape
     By = gy.shape[0]
+    STATS.flops += 2.0 * Bx * By * C * p * (C if entk else 1)
     if entk:
         return (gx.reshape(Bx * C, p) @ gy.reshape(By * C, p).T).view(Bx, C, By, C).permute(0, 2, 1, 3)
     return gx.reshape(Bx, -1) @ gy.reshape(By, -1).T
@@ -210,6 +229,7 @@ def _contract_factorised(x: OuterGrad, y: OuterGrad, entk: bool) -> torch.Tensor
     Bx, C, Lx, dout = x.d.shape
     By, Ly = y.batch, y.positions
     gram_a = x.gram_inputs(y)  # (Bx*Lx, By*Ly)
+    STATS.flops += 2.0 * Bx * Lx * By * Ly * ((0 if x.idx is not None else x.din) + (C * C if entk else C) * dout)
     if entk:
         dx = x.d.permute(0, 2, 1, 3).reshape(Bx * Lx * C, dout)
         dy = y.d.permute(0, 2, 1, 3).reshape(By * Ly * C, dout)
@@ -224,20 +244,32 @@ def _contract_factorised(x: OuterGrad, y: OuterGrad, entk: bool) -> torch.Tensor
     return prod.view(Bx, Lx, By, Ly).sum(dim=(1, 3))
 
 
+def prepare(rep: GradRep, entk: bool) -> GradRep:
+    """Materialise ``rep`` now if that is how it will be contracted with itself, so that
+    row slices of it (blocks) share one materialisation."""
+    if isinstance(rep, OuterGrad) and not _use_factorised(rep, rep, entk):
+        rep.dense()
+    return rep
+
+
 def contract(x: GradRep, y: GradRep, entk: bool = False) -> torch.Tensor:
     """Kernel block between two representations of the same group.
 
     Returns sum_c <g_i^c, g_j^c> as (Bx, By), or with ``entk`` the full class blocks
     <g_i^c, g_j^c'> as (Bx, By, C, C).
     """
-    if isinstance(x, OuterGrad) and isinstance(y, OuterGrad) and _use_factorised(x, y, entk):
-        C = x.num_classes
-        per_row = y.batch * x.positions * y.positions * (C * C if entk else 1)
-        step = max(1, _MAX_INTERMEDIATE // max(per_row, 1))
-        if step >= x.batch:
-            return _contract_factorised(x, y, entk)
-        return torch.cat([_contract_factorised(x.rows(s, s + step), y, entk) for s in range(0, x.batch, step)])
-    return _contract_dense(x.dense(), y.dense(), entk)
+    start = time.perf_counter()
+    try:
+        if isinstance(x, OuterGrad) and isinstance(y, OuterGrad) and _use_factorised(x, y, entk):
+            C = x.num_classes
+            per_row = y.batch * x.positions * y.positions * (C * C if entk else 1)
+            step = max(1, _MAX_INTERMEDIATE // max(per_row, 1))
+            if step >= x.batch:
+                return _contract_factorised(x, y, entk)
+            return torch.cat([_contract_factorised(x.rows(s, s + step), y, entk) for s in range(0, x.batch, step)])
+        return _contract_dense(x.dense(), y.dense(), entk)
+    finally:
+        STATS.seconds += time.perf_counter() - start
 
 
 def self_kernel(x: GradRep, entk: bool = False) -> torch.Tensor:

@@ -1,0 +1,172 @@
+"""The whole Snakemake DAG end to end on a tiny config, and what reruns after a change.
+
+The repository's workflow files are copied into a temporary directory with a tiny
+``config.yaml``; Snakemake runs there for real, then dry runs check the rerun rules:
+a kGLM setting reruns only the kGLM fits and what follows, a kernel setting does not
+retrain, and a library-code change reruns its stage.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+WORKFLOW_FILES = ["Snakefile", "rules", "workflow_scripts", "schemas", "profiles", "ntkbench"]
+TINY_CONFIGS = ["main_tiny.yaml", "forensics_tiny.yaml", "spectral_tiny.yaml"]
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config() -> dict:
+    """The main tiny config merged with the stage blocks the other tiny configs provide."""
+    config: dict = {}
+    for name in TINY_CONFIGS:
+        path = REPO / "tests" / "configs" / name
+        if not path.exists():
+            continue
+        block = yaml.safe_load(path.read_text()) or {}
+        experiments = block.pop("experiments", {})
+        config.setdefault("experiments", {}).update(experiments)
+        config.update(block)
+    return config
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(SNAKEMAKE), "--cores", "2", *args], cwd=workdir,
+                          capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path) -> dict[str, int]:
+    """Rule name -> job count that a dry run would execute."""
+    proc = snakemake(workdir, "--dry-run", "--quiet", "rules")
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    jobs = {}
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("job") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            match = re.match(r"^([A-Za-z_][\w]*)\s+(\d+)$", line.strip())
+            if match and match.group(1) != "total":
+                jobs[match.group(1)] = int(match.group(2))
+            elif line.strip().startswith("total"):
+                break
+    assert jobs, f"could not parse the dry run:\n{text[-3000:]}"
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def finished_workdir(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, workdir / name)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config()))
+    snakemake(workdir)
+    return workdir
+
+
+def edit_config(workdir: Path, edit) -> None:
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    edit(config)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_summary_has_paper_columns_and_faithful_trntk(finished_workdir):
+    summary = pd.read_csv(finished_workdir / "results" / "summary.csv")
+    required = ["experiment", "kernel", "n_seeds", "nn_test_acc", "kglm_test_acc", "tad", "tad_sem",
+                "tau", "tau_sem", "r_miss", "r_miss_sem"]
+    assert list(summary.columns[: len(required)]) == required
+    config = tiny_config()
+    expected_rows = {(exp, k) for exp, spec in config["experiments"].items() for k in spec["kernels"]}
+    assert set(zip(summary.experiment, summary.kernel)) == expected_rows
+    assert (summary.n_seeds == 2).all()
+    assert summary.tau.between(-1, 1).all()
+    trntk = summary[summary.kernel == "trntk"]
+    assert (trntk.tau > 0.1).all(), trntk[["experiment", "tau"]]
+    assert (finished_workdir / "results" / "summary.md").read_text().count("|") > 10
+    assert (finished_workdir / "results" / "summary_tau.png").stat().st_size > 10_000
+
+
+def test_kernel_files_carry_provenance(finished_workdir):
+    import h5py
+
+    path = finished_workdir / "results" / "tiny2-mlp" / "seed0" / "kernels" / "trntk.h5"
+    with h5py.File(path, "r") as fh:
+        assert set(fh) >= {"train_train", "test_train"}
+        attrs = dict(fh["train_train"].attrs)
+        assert attrs["kind"] == "trntk"
+        assert fh["train_train"]["kernel"].shape == (80, 80)
+        assert fh["test_train"]["kernel"].shape == (40, 80)
+    assert not list(finished_workdir.rglob("*.partial")), "a finished run leaves no partial files"
+
+
+def test_logs_and_benchmarks_written(finished_workdir):
+    logs = finished_workdir / "results" / "logs"
+    assert (logs / "tiny2-mlp" / "seed0" / "train.log").read_text().count("epoch") >= 2
+    assert list((finished_workdir / "results" / "benchmarks").rglob("*.tsv"))
+
+
+def test_nothing_to_do_after_a_complete_run(finished_workdir):
+    assert planned_jobs(finished_workdir) == {}
+
+
+def test_kglm_setting_reruns_only_kglm_and_downstream(finished_workdir):
+    edit_config(finished_workdir, lambda c: c.setdefault("kglm", {}).update(alpha=3e-4))
+    jobs = planned_jobs(finished_workdir)
+    edit_config(finished_workdir, lambda c: c["kglm"].pop("alpha"))
+    assert "train" not in jobs and "kernel" not in jobs
+    n_kglm = sum(len(s["kernels"]) * 2 for s in tiny_config()["experiments"].values())
+    assert jobs["kglm"] == n_kglm
+    assert jobs["summary"] == 1
+
+
+def test_kernel_setting_does_not_retrain(finished_workdir):
+    edit_config(finished_workdir, lambda c: c["kernel_options"].update(proj_dim=128))
+    jobs = planned_jobs(finished_workdir)
+    edit_config(finished_workdir, lambda c: c["kernel_options"].update(proj_dim=256))
+    assert "train" not in jobs
+    # proj_dim touches the two projected kernels of tiny2-mlp and one of tiny10-cnn, x 2 seeds.
+    n_proj = sum(sum(k.startswith("proj-") for k in s["kernels"]) * 2
+                 for s in tiny_config()["experiments"].values())
+    assert jobs["kernel"] == n_proj
+    assert jobs["kglm"] == n_proj
+
+
+def test_library_code_change_reruns_its_stage(finished_workdir):
+    surrogate = finished_workdir / "ntkbench" / "surrogate.py"
+    original = surrogate.read_text()
+    surrogate.write_text(original + "\n# an edit\n")
+    try:
+        jobs = planned_jobs(finished_workdir)
+    finally:
+        surrogate.write_text(original)
+    assert "train" not in jobs and "kernel" not in jobs
+    assert jobs["kglm"] > 0
+
+
+def test_invalid_config_stops_with_named_key(finished_workdir):
+    edit_config(finished_workdir, lambda c: c["experiments"]["tiny2-mlp"]["train"].update(lr=-1))
+    try:
+        proc = snakemake(finished_workdir, "--dry-run", check=False)
+    finally:
+        edit_config(finished_workdir, lambda c: c["experiments"]["tiny2-mlp"]["train"].update(lr=1.0))
+    assert proc.returncode != 0
+    assert "experiments.tiny2-mlp.train.lr" in proc.stdout + proc.stderr
