@@ -6,7 +6,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The embedded default, unless the user names their own with --configfile: theirs then
+# replaces it whole (Snakemake would otherwise deep-merge the two, keeping every default
+# experiment beside the user's).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"

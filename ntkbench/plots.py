@@ -10,13 +10,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ntkbench.tables import KERNEL_DISPLAY_NAMES  # noqa: E402
 from ntkbench.utils import atomic_path  # noqa: E402
 
 __all__ = ["save_figure", "plot_faithfulness_summary"]
-
-KERNEL_LABELS = {"trntk": "trNTK", "trntk0": "trNTK⁰", "pntk": "pNTK", "pntk0": "pNTK⁰",
-                 "proj-trntk": "proj-trNTK", "proj-pntk": "proj-pNTK", "ck": "CK", "em": "Em",
-                 "entk": "eNTK"}
 
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 150) -> None:
@@ -39,7 +36,7 @@ def plot_faithfulness_summary(summary: pd.DataFrame, path: str | Path) -> None:
             sub = summary[summary["kernel"] == kernel].set_index("experiment").reindex(experiments)
             pos = np.arange(len(experiments)) + (j - (len(kernels) - 1) / 2) * width
             ax.bar(pos, sub[metric], width, yerr=sub[f"{metric}_sem"].fillna(0), capsize=2,
-                   color=colours[j], label=KERNEL_LABELS.get(kernel, kernel))
+                   color=colours[j], label=KERNEL_DISPLAY_NAMES.get(kernel, kernel))
         ax.set_xticks(np.arange(len(experiments)), experiments, rotation=15)
         ax.set_ylabel(label)
         ax.axhline(0, color="black", linewidth=0.8)

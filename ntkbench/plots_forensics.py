@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from ntkbench.plots import KERNEL_LABELS, plt, save_figure
+from ntkbench.plots import plt, save_figure
+from ntkbench.tables import KERNEL_DISPLAY_NAMES as KERNEL_LABELS
 
 if TYPE_CHECKING:
     from ntkbench.forensics import ForensicsResult

@@ -144,12 +144,12 @@ def kglm_stage(data_path: str | Path, logits_path: str | Path, kernel_path: str 
 
 
 # ----------------------------------------------------------------------------- report
-SUMMARY_METRICS = ("nn_test_acc", "kglm_test_acc", "tad", "tau", "r_miss", "pearson", "spearman",
-                   "r2_linear", "r2_logistic", "r2_arctan")
 
 
 def collect_faithfulness(records: Iterable[tuple[str, int, str, str | Path]], split: str = "test") -> pd.DataFrame:
     """One row per (experiment, seed, kernel) from kGLM report JSON files."""
+    from ntkbench.metrics import FAITHFULNESS_KEYS
+
     rows = []
     for experiment, seed, kernel, path in records:
         with open(path) as fh:
@@ -158,7 +158,7 @@ def collect_faithfulness(records: Iterable[tuple[str, int, str, str | Path]], sp
             raise KeyError(f"{path}: no evaluation split {split!r} (has {sorted(report)})")
         scores = report[split]
         rows.append({"experiment": experiment, "seed": seed, "kernel": kernel,
-                     **{m: scores.get(m, np.nan) for m in SUMMARY_METRICS}})
+                     **{m: scores.get(m, np.nan) for m in FAITHFULNESS_KEYS}})
     return pd.DataFrame(rows)
 
 
@@ -166,9 +166,10 @@ def summary_stage(records: Iterable[tuple[str, int, str, str | Path]], out_csv: 
                   out_per_seed: str | Path, out_markdown: str | Path, out_figure: str | Path) -> pd.DataFrame:
     """Write the per-seed table, the seed-aggregated summary (CSV + Markdown) and the τ figure."""
     from ntkbench import plots, tables
+    from ntkbench.metrics import FAITHFULNESS_KEYS
 
     per_seed = collect_faithfulness(records)
-    summary = tables.aggregate_seeds(per_seed, by=["experiment", "kernel"], metrics=list(SUMMARY_METRICS))
+    summary = tables.aggregate_seeds(per_seed, by=["experiment", "kernel"], metrics=list(FAITHFULNESS_KEYS))
     with atomic_path(out_per_seed) as tmp:
         per_seed.to_csv(tmp, index=False)
     with atomic_path(out_csv) as tmp:

@@ -40,7 +40,11 @@ rule forensics:
         kernels=lambda w: EXPERIMENTS[w.experiment]["kernels"],
         forensics=lambda w: EXPERIMENTS[w.experiment]["forensics"],
         code=code_version(
-            "ntkbench/forensics.py", "ntkbench/plots_forensics.py", "ntkbench/metrics.py"
+            "ntkbench/forensics.py",
+            "ntkbench/plots_forensics.py",
+            "ntkbench/metrics.py",
+            "ntkbench/tables.py",
+            "ntkbench/plots.py",
         ),
     log:
         f"{RESULTS}/logs/{{experiment}}/forensics.log",

@@ -58,13 +58,13 @@ class TokenNet(nn.Module):
         self.emb = nn.Embedding(vocab, dim, padding_idx=0)
         self.norm = nn.LayerNorm(dim)
         self.mix = nn.Linear(dim, dim)  # applied per position (3-D input)
-        self.conv = nn.Conv1d(dim, 4, 2)
+        self.conv = nn.Conv1d(dim, 4, 2, dilation=2, padding=1)
         self.act = nn.GELU()
         self.out = nn.Linear(4, classes)
 
     def forward(self, tokens):
         h = self.mix(self.norm(self.emb(tokens)))  # (B, T, dim)
-        h = self.act(self.conv(h.transpose(1, 2)))  # (B, 4, T-1)
+        h = self.act(self.conv(h.transpose(1, 2)))  # (B, 4, T)
         return self.out(h.mean(-1))
 
 

@@ -1,5 +1,6 @@
 """Poisoned-data forensics: the top-k vote, precision/recall, the attack report, Table 3, and
 the stage end to end on a tiny poisoned digits experiment."""
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,7 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def test_forensics_stage_end_to_end_on_tiny_config(tmp_path, one_torch_thread):
+def test_forensics_stage_end_to_end_on_tiny_config(tmp_path, one_torch_thread, caplog):
     """data -> train -> kernels -> kGLM -> forensics with the real stages on a tiny config."""
     from ntkbench import stages
     from ntkbench.config import experiment_kglm, experiment_seeds, load_config
@@ -182,3 +183,10 @@ def test_forensics_stage_end_to_end_on_tiny_config(tmp_path, one_torch_thread):
     # A backdoored network's NTK traces poisoned test images to poisoned training images.
     assert row["recall"] > 50
     assert out["png"].stat().st_size > 10_000 and out["md"].read_text().startswith("| Kernel |")
+
+    # When the attack does not reach the configured bar the log says so and attack_ok is False.
+    with caplog.at_level(logging.WARNING, logger="ntkbench.forensics"):
+        strict = run_forensics(data, seeds, kernels[:1], logits_paths, kernel_paths, kglm_paths,
+                               **{**opts, "min_clean_accuracy": 0.999})
+    assert not strict.attack["attack_ok"].any()
+    assert "attack did not work well enough" in caplog.text and "not meaningful" in caplog.text

@@ -18,9 +18,8 @@ generic path.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -79,22 +78,37 @@ def _linear_inputs(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return a
 
 
+def _patches(x: torch.Tensor, kernel, stride, padding, dilation) -> torch.Tensor:
+    """Conv patches (B, L, Cin * prod(kernel)) in the weight's (Cin, k...) column order.
+
+    Strided views plus one copy; much faster on CPU than ``F.unfold`` (im2col).
+    """
+    dims = len(kernel)
+    pad = []
+    for p in reversed(padding):
+        pad += [p, p]
+    x = F.pad(x, pad) if any(padding) else x
+    for i in range(dims):
+        span = (kernel[i] - 1) * dilation[i] + 1
+        x = x.unfold(2 + i, span, stride[i])
+        if dilation[i] > 1:
+            x = x[..., :: dilation[i]]
+    # x: (B, Cin, out_1..out_d, k_1..k_d) -> (B, out..., Cin, k...)
+    B, Cin = x.shape[:2]
+    order = [0] + list(range(2, 2 + dims)) + [1] + list(range(2 + dims, 2 + 2 * dims))
+    x = x.permute(order)
+    length = math.prod(x.shape[1 : 1 + dims])
+    return x.reshape(B, length, -1)
+
+
 def _conv_inputs(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    x = x.detach()
-    if isinstance(mod, nn.Conv1d):
-        patches = F.unfold(
-            x.unsqueeze(2),
-            (1, mod.kernel_size[0]),
-            dilation=(1, mod.dilation[0]),
-            padding=(0, mod.padding[0]),
-            stride=(1, mod.stride[0]),
-        )
-    else:
-        patches = F.unfold(x, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
-    a = patches.transpose(1, 2)  # (B, L, Cin*k*k), column order matches weight.view(Cout, -1)
-    if mod.bias is not None:
-        a = torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], dim=-1)
-    return a
+    a = _patches(x.detach(), mod.kernel_size, mod.stride, mod.padding, mod.dilation)
+    if mod.bias is None:
+        return a
+    out = a.new_empty(a.shape[:-1] + (a.shape[-1] + 1,))  # patches and the bias column, one copy
+    out[..., :-1] = a
+    out[..., -1] = 1.0
+    return out
 
 
 def _norm_inputs(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +153,7 @@ class GradientEngine:
         if impl != "generic":
             self._plan_fast_modules()
         self._verified = impl == "generic"
-        self._batched_backward: bool | None = None
+        self._batched_backward = True
 
     # -- planning ---------------------------------------------------------------------------
     def _plan_fast_modules(self) -> None:
@@ -202,22 +216,14 @@ class GradientEngine:
         B, C = logits.shape
         mix = torch.eye(C, dtype=logits.dtype, device=logits.device) if self.mix is None else self.mix
         seeds = mix.T.unsqueeze(1).expand(mix.shape[1], B, C)  # (C', B, C)
-        if self._batched_backward is None:
-            # vmap'd backward wins for conv nets, a plain loop over classes for small MLPs:
-            # time both once and keep the faster.
-            timings = {}
-            for mode in (True, False):
-                start = time.perf_counter()
-                result = self._grads_mode(logits, tensors, seeds, mode)
-                timings[mode] = time.perf_counter() - start if result is not None else float("inf")
-            self._batched_backward = timings[True] < timings[False]
-            if result is not None and not self._batched_backward:
+        # One vmap'd backward over the classes (measured faster than a loop over classes
+        # for both MLPs and CNNs); a loop when some op's backward has no batching rule.
+        if self._batched_backward:
+            result = self._grads_mode(logits, tensors, seeds, True)
+            if result is not None:
                 return result
-        result = self._grads_mode(logits, tensors, seeds, self._batched_backward)
-        if result is None:  # no batching rule for some op's backward
             self._batched_backward = False
-            result = self._grads_mode(logits, tensors, seeds, False)
-        return result
+        return self._grads_mode(logits, tensors, seeds, False)
 
     @staticmethod
     def _grads_mode(logits, tensors, seeds, batched: bool) -> list[torch.Tensor | None] | None:
@@ -273,11 +279,11 @@ class GradientEngine:
             return DenseGrad(dense, layout)
         weight = (fm.params[0], tuple(self.params[fm.params[0]].shape))
         bias = fm.params[1] if len(fm.params) > 1 else None
-        d = torch.cat(parts_d, dim=2)
+        # A module called several times contributes the sum over calls: stack positions.
+        d = parts_d[0] if len(parts_d) == 1 else torch.cat(parts_d, dim=2)
+        a = parts_a[0] if len(parts_a) == 1 else torch.cat(parts_a, dim=1)
         if isinstance(mod, nn.Embedding):
-            idx = torch.cat(parts_a, dim=1)
-            return OuterGrad(d, None, idx, mod.num_embeddings, weight, None, transposed=True)
-        a = torch.cat(parts_a, dim=1)
+            return OuterGrad(d, None, a, mod.num_embeddings, weight, None, transposed=True)
         return OuterGrad(d, a, None, a.shape[-1], weight, bias)
 
     def _fast_reps(self, xb: torch.Tensor, verify: bool) -> tuple[dict[str, GradRep], list[str]]:

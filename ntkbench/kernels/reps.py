@@ -157,7 +157,9 @@ class OuterGrad:
             g.scatter_add_(1, self.idx.unsqueeze(-1).expand(B, L, C * dout), src)
             g = g.view(B, vocab, C, dout).permute(0, 2, 1, 3).reshape(B, C, vocab * dout)
         else:
-            full = torch.einsum("bli,bclo->bcoi", self.a, self.d)  # (B, C, dout, din)
+            # One batched matmul: (B, C*dout, L) @ (B, L, din) -> (B, C, dout, din).
+            d = self.d.permute(0, 1, 3, 2).reshape(B, C * dout, L)
+            full = torch.bmm(d, self.a).view(B, C, dout, -1)
             if self.bias is not None:
                 g = torch.cat([full[..., :-1].reshape(B, C, -1), full[..., -1]], dim=2)
             else:

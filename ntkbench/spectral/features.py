@@ -164,13 +164,6 @@ def _half(p: int) -> int:
     return pow(2, -1, p)
 
 
-SYMMETRY_STEPS = {
-    # kind: (step moving the first coordinate, step moving the second), families in that order
-    "ab": (((1, 0), (0, 1)), ("a", "b")),
-    "sum_diff": (("sum", "diff"), ("a+b", "a-b")),
-}
-
-
 def _steps(kind: str, p: int) -> tuple[tuple[int, int], tuple[int, int]]:
     if kind == "ab":
         return (1, 0), (0, 1)

@@ -36,6 +36,10 @@ __all__ = [
     "modadd_report_stage",
 ]
 
+# Detector settings used when the config's ``cliffs`` block leaves a key out.
+TMS_CLIFF_DEFAULTS = {"min_ratio": 1.15, "min_contrast": 4.0, "window": 10, "trim": 2, "min_separation": 3}
+MODADD_CLIFF_DEFAULTS = {"min_ratio": 1.05, "min_contrast": 6.0, "window": 10, "trim": 2, "min_separation": 3}
+
 MODADD_OVERRIDABLE = ("p", "width", "train_fraction", "split_seed", "seeds", "lr", "weight_decay",
                       "epochs", "checkpoint_every")
 
@@ -91,8 +95,8 @@ def tms_train_stage(run: dict[str, Any], cfg: dict[str, Any], device: str, out_m
     curve = train_tms(model, x, importance_weights(n, cfg["importance"]).float(), lr=float(cfg["lr"]),
                       steps=int(cfg["steps"]), device=dev)
     norms = model.feature_norms().cpu()
-    log.info("features represented ((WᵀW)_ii >= %.2f): %d", cfg["represented_threshold"],
-             int((norms >= cfg["represented_threshold"]).sum()))
+    log.info("final loss %.4g; (WᵀW)_ii >= 0.75 for %d of %d features", curve["loss"].iloc[-1],
+             int((norms >= 0.75).sum()), n)
     models.save_checkpoint(out_model, model.cpu(), spec, data=x, run=dict(run),
                            importance=float(cfg["importance"]))
     _write_csv(curve, out_curve)
@@ -100,16 +104,16 @@ def tms_train_stage(run: dict[str, Any], cfg: dict[str, Any], device: str, out_m
 
 def tms_spectrum_stage(model_path: str | Path, cfg: dict[str, Any], device: str, out_npz: str | Path) -> None:
     """Top eigenpairs of the flattened eNTK for every β; store spectra and alignment heatmaps."""
-    from ntkbench.spectral.tms import n_represented, tms_spectrum
+    from ntkbench.spectral.tms import n_represented, tms_spectra
 
     dev = resolve_device(device)
     model, ckpt = models.load_checkpoint(model_path, device=dev)
     x = ckpt["data"].float()
     values, heatmaps, scores, timing = [], [], [], []
     n_flat = x.shape[0] * x.shape[1]
-    for beta in cfg["betas"]:
-        sp = tms_spectrum(model, x, beta, importance=float(cfg["importance"]), top_k=int(cfg["top_k"]),
+    spectra = tms_spectra(model, x, cfg["betas"], importance=float(cfg["importance"]), top_k=int(cfg["top_k"]),
                           device=dev)
+    for beta, sp in zip(cfg["betas"], spectra):
         log.info("β=%g: flattened eNTK %d x %d (P=%d): Jacobian %.2fs, top-%d eigenpairs via %s %.2fs; "
                  "alignment %.2f, mean best |cos| %.3f", beta, n_flat, n_flat, sp.eig.info.get("gram_size", -1),
                  sp.jacobian_seconds, len(sp.eig), sp.eig.method, sp.eig.seconds,
@@ -132,7 +136,7 @@ def tms_report_stage(run_paths: Sequence[str | Path], cfg: dict[str, Any], out_c
     """tms.csv (one row per (m, S, β)) and the spectrum and alignment figures."""
     from ntkbench.plots_spectral import plot_tms_heatmaps, plot_tms_spectra
 
-    params = CliffParams.from_config(cfg.get("cliffs"))
+    params = CliffParams.from_config({**TMS_CLIFF_DEFAULTS, **(cfg.get("cliffs") or {})})
     rows, runs = [], []
     for path in run_paths:
         with np.load(path) as z:
@@ -148,8 +152,7 @@ def tms_report_stage(run_paths: Sequence[str | Path], cfg: dict[str, Any], out_c
                          "alignment": scores[b]["alignment"], "mean_best_cos": scores[b]["mean_best_cos"],
                          "diagonal_fraction": scores[b]["diagonal_fraction"],
                          "cliff_ratios": ";".join(f"{c.ratio:.3g}" for c in found),
-                         "drop_after_n": float(ev[ev.size // 2 * 0 + min(int(cfg["n_features"]), ev.size - 1) - 1]
-                                               / ev[min(int(cfg["n_features"]), ev.size - 1)]),
+                         "drop_after_n": _drop_after(ev, int(cfg["n_features"])),
                          "eig_seconds": float(run["seconds"][b][1])})
         runs.append(run)
     table = pd.DataFrame(rows)
@@ -161,6 +164,11 @@ def tms_report_stage(run_paths: Sequence[str | Path], cfg: dict[str, Any], out_c
     plot_tms_spectra(runs, cfg, out_spectra)
     plot_tms_heatmaps(runs, cfg, out_heatmaps)
     return table
+
+
+def _drop_after(ev: np.ndarray, n: int) -> float:
+    """λ_n / λ_{n+1} (1-based): the drop right after the n-th eigenvalue (NaN if out of range)."""
+    return float(ev[n - 1] / ev[n]) if ev.size > n and ev[n] > 0 else float("nan")
 
 
 # ----------------------------------------------------------------------------- modular addition
@@ -181,14 +189,15 @@ def modadd_train_stage(cfg: dict[str, Any], seed: int, device: str, out_checkpoi
                                  epochs=int(cfg["epochs"]), checkpoint_every=int(cfg["checkpoint_every"]),
                                  device=dev)
     with atomic_path(out_checkpoints) as tmp:
-        torch.save({"spec": spec, "seed": int(seed), "states": states, "train_idx": data.train_idx,
+        torch.save({"spec": spec, "seed": int(seed), "states": states,
+                    "train_idx": torch.from_numpy(data.train_idx),
                     "data": {"p": data.p, "train_fraction": float(cfg["train_fraction"]),
                              "split_seed": int(cfg["split_seed"])}}, tmp)
     _write_csv(curve, out_curve)
 
 
 def _load_modadd(path: str | Path, device: torch.device):
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     data = make_modadd_data(ckpt["data"]["p"], ckpt["data"]["train_fraction"], ckpt["data"]["split_seed"])
     model = models.build(ckpt["spec"]).to(device)
     return ckpt, data, model
@@ -243,7 +252,7 @@ def modadd_report_stage(seeds: Sequence[int], curve_paths: Sequence[str | Path],
     )
     from ntkbench.spectral.modadd import cliff_heatmaps, cliff_table, overlap_table
 
-    params = CliffParams.from_config(cfg.get("cliffs"))
+    params = CliffParams.from_config({**MODADD_CLIFF_DEFAULTS, **(cfg.get("cliffs") or {})})
     curves, spectra_rows, cliff_rows, overlap_rows, full_rows = [], [], [], [], []
     figures: dict[int, dict[str, Any]] = {}
     for seed, curve_path, spec_path, full_path in zip(seeds, curve_paths, spectra_paths, full_paths):

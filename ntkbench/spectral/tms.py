@@ -11,10 +11,10 @@ from torch import nn
 
 from ntkbench import kernels
 from ntkbench.data.tms import importance_weights
-from ntkbench.spectral.eigen import TopEig, flatten_jacobian, topk_from_jacobian
+from ntkbench.spectral.eigen import TopEig, flatten_jacobian, topk_class_weighted, topk_from_jacobian
 from ntkbench.spectral.features import alignment_heatmap, alignment_scores, tms_feature_vectors
 
-__all__ = ["TMSSpectrum", "tms_spectrum", "n_represented"]
+__all__ = ["TMSSpectrum", "tms_spectrum", "tms_spectra", "n_represented"]
 
 
 @dataclass
@@ -53,5 +53,27 @@ def tms_spectrum(model: nn.Module, x: torch.Tensor, beta: float, *, importance: 
     return TMSSpectrum(float(beta), eig, heat, alignment_scores(heat), jac_seconds)
 
 
-def tms_spectra(model: nn.Module, x: torch.Tensor, betas: Sequence[float], **kwargs) -> list[TMSSpectrum]:
-    return [tms_spectrum(model, x, b, **kwargs) for b in betas]
+def tms_spectra(model: nn.Module, x: torch.Tensor, betas: Sequence[float], *, importance: float = 0.8,
+                top_k: int = 80, device: torch.device | str = "cpu", batch_size: int = 500) -> list[TMSSpectrum]:
+    """:func:`tms_spectrum` for a sweep of β with one Jacobian and one pass of per-class Grams.
+
+    The engine's Jacobian is taken once without importance; each β's rescaling multiplies
+    g^c by I_c^{β/2} (the engine's ``importance`` convention, checked against it in the tests)
+    inside :func:`topk_class_weighted`.
+    """
+    n_features = x.shape[1]
+    start = time.perf_counter()
+    jac = kernels.jacobian(model, x, dtype=torch.float64, device=device, batch_size=batch_size).cpu()
+    jac_seconds = time.perf_counter() - start
+    base = importance_weights(n_features, importance)
+    scales = [(base ** float(b)).sqrt().numpy() for b in betas]
+    if jac.shape[2] > jac.shape[0] * jac.shape[1]:  # more parameters than rows: no Gram shortcut
+        return [tms_spectrum(model, x, b, importance=importance, top_k=top_k, device=device,
+                             batch_size=batch_size) for b in betas]
+    eigs = topk_class_weighted(jac, top_k, scales)
+    feats = tms_feature_vectors(x.numpy())
+    out = []
+    for b, eig in zip(betas, eigs):
+        heat = alignment_heatmap(feats, eig.vectors)
+        out.append(TMSSpectrum(float(b), eig, heat, alignment_scores(heat), jac_seconds / len(betas)))
+    return out

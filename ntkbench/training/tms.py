@@ -39,7 +39,7 @@ def train_tms(model: nn.Module, x: torch.Tensor, importance: torch.Tensor, *, lr
         loss.backward()
         opt.step()
         if step == 1 or step % log_every == 0 or step == steps:
-            rows.append({"step": step, "loss": float(loss)})
-            log.info("TMS step %d/%d loss %.6g (%.1fs)", step, steps, float(loss), time.perf_counter() - start)
+            rows.append({"step": step, "loss": float(loss.detach())})
+            log.info("TMS step %d/%d loss %.6g (%.1fs)", step, steps, float(loss.detach()), time.perf_counter() - start)
     model.eval()
     return pd.DataFrame(rows)
