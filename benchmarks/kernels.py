@@ -99,7 +99,8 @@ def extrapolate(t_linear: float, t_quadratic: float, n: int, N: int) -> float:
     return t_linear * N / n + t_quadratic * (N / n) ** 2
 
 
-def run_model(name: str, model: nn.Module, N: int, quick: bool, proj_dim: int, results: list, repeat: int) -> None:
+def run_model(name: str, model: nn.Module, N: int, quick: bool, proj_dim: int, results: list, repeat: int,
+              kinds=("trntk", "entk", "pntk", "proj-trntk")) -> None:
     torch.manual_seed(0)
     model.eval()
     x = torch.randn(N, 1, 28, 28)
@@ -120,7 +121,7 @@ def run_model(name: str, model: nn.Module, N: int, quick: bool, proj_dim: int, r
     # Jacobians of x1 and of x2; with x2 = x1 that is two passes, as timed here.
     (jac, _), t_jac_b = timed(lambda: (func_jacobians(model, x[:n_b]), func_jacobians(model, x[:n_b])))
 
-    for kind in ("trntk", "entk", "pntk", "proj-trntk"):
+    for kind in kinds:
         opts = {"proj_dim": proj_dim} if kind == "proj-trntk" else {}
         # Best of `repeat` runs: the 2 shared cores make single timings noisy.
         best = None
@@ -160,6 +161,7 @@ def run_model(name: str, model: nn.Module, N: int, quick: bool, proj_dim: int, r
         gf = flops / t_contr / 1e9 if t_contr > 0 else float("nan")
         ratio_a = t_a / t_ours
         ratio_b = t_b / t_ours
+        print(f"[load {os.getloadavg()[0]:.1f}] ", end="")
         print(f"{kind:11s} ntkbench {t_ours:8.2f} s | naive (a) {t_a:9.1f} s ({ratio_a:7.1f}x) | "
               f"torch.func{' + dense R' if kind == 'proj-trntk' else ''} (b) {t_b:9.1f} s ({ratio_b:7.1f}x) | "
               f"contractions {flops / 1e9:8.1f} GFLOP in {t_contr:6.2f} s = {gf:6.1f} GFLOP/s   [{baseline_note}]")
@@ -173,7 +175,12 @@ def main() -> None:
     parser.add_argument("--proj-dim", type=int, default=10240)
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--repeat", type=int, default=3, help="ntkbench timings are the best of this many runs")
+    parser.add_argument("--kinds", default="trntk,entk,pntk,proj-trntk")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for ntkbench AND the baselines (default: torch's, = cores)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     N = args.n or (200 if args.quick else 1000)
     print(f"ntkbench kernel benchmark, {datetime.date.today()} on {platform.platform()}, "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -181,7 +188,8 @@ def main() -> None:
     print(f"machine matmul: {matmul_gflops():.1f} GFLOP/s (float32 2048^3)")
     results: list = []
     for name in args.models.split(","):
-        run_model(name, {"mlp": mlp, "cnn": cnn}[name](), N, args.quick, args.proj_dim, results, args.repeat)
+        run_model(name, {"mlp": mlp, "cnn": cnn}[name](), N, args.quick, args.proj_dim, results, args.repeat,
+                  tuple(args.kinds.split(",")))
     print(f"\nmachine matmul after: {matmul_gflops():.1f} GFLOP/s, load {os.getloadavg()[0]:.1f}")
 
 

@@ -123,8 +123,10 @@ def kglm_stage(data_path: str | Path, logits_path: str | Path, kernel_path: str 
     train = store.read_kernel(kernel_path, "train_train")
     y_train = bundle.train.y.numpy() if target == "labels" else _labels(nn_out["train_logits"])
     glm = KernelGLM(seed=seed, **cfg).fit(train.kernel, y_train)
-    report: dict[str, Any] = {"kernel": store.read_kernel(kernel_path, "train_train").attrs.get("kind"),
-                              "target": target, "train_acc": float((glm.predict(train.kernel) == bundle.train.y.numpy()).mean())}
+    report: dict[str, Any] = {
+        "kernel": train.attrs.get("kind"), "target": target,
+        "train_acc": float((glm.predict(train.kernel) == bundle.train.y.numpy()).mean()),
+    }
     kglm_logits = {"train": glm.decision_function(train.kernel)}
     for name, split in bundle.eval_splits.items():
         k = store.read_kernel(kernel_path, f"{name}_train").kernel

@@ -121,6 +121,42 @@ def _norm_inputs(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (x - mod.running_mean.view(shape)) / torch.sqrt(mod.running_var.view(shape) + mod.eps)
 
 
+def _prefer_dense(L: int, din: int, dout: int, C: int) -> bool:
+    """Whether a layer's per-sample gradients are cheaper to contract materialised.
+
+    Per pair of samples the factorised form costs L^2 (din + c dout) against c din dout for
+    the materialised one (c = C for trntk, C^2 for entk); materialise when both kinds agree.
+    For convolutions (L = output positions) this is almost always the case, and then
+    materialising straight from the backward's layout avoids copying the large (C, B, dout, L)
+    output gradients around.
+    """
+    return all(L * L * (din + c * dout) > 2 * c * din * dout for c in (C, C * C))
+
+
+def _dense_conv_grads(dc: list[torch.Tensor], a: torch.Tensor, has_bias: bool) -> torch.Tensor:
+    """(B, C, p) per-sample gradients [weight (dout x din_w) | bias] from per-class output
+    gradients dc[c] (B, dout, L) and patches a (B, L, din): one bmm per class, then a single
+    copy into the parameters' flattened layout (the large output gradients are never copied).
+    """
+    C = len(dc)
+    B, dout, _ = dc[0].shape
+    din = a.shape[-1]
+    res = torch.empty(C, B, dout, din, dtype=a.dtype, device=a.device)
+    for c in range(C):
+        torch.bmm(dc[c], a, out=res[c])
+    if not has_bias:
+        return res.permute(1, 0, 2, 3).reshape(B, C, dout * din)
+    din_w = din - 1
+    g = torch.empty(B, C, dout * din_w + dout, dtype=a.dtype, device=a.device)
+    g[:, :, : dout * din_w].view(B, C, dout, din_w).copy_(res[..., :din_w].permute(1, 0, 2, 3))
+    g[:, :, dout * din_w :].copy_(res[..., din_w].permute(1, 0, 2))
+    return g
+
+
+def _stack(g):
+    return g if g is None or isinstance(g, torch.Tensor) else torch.stack(g)
+
+
 class GradientEngine:
     """Per-group gradient representations of sample batches, fast where possible.
 
@@ -154,6 +190,10 @@ class GradientEngine:
             self._plan_fast_modules()
         self._verified = impl == "generic"
         self._batched_backward = True
+        # vmap has no batched convolution backward (it loops over the classes and stacks), so
+        # with convolutions a plain loop over classes is faster, and its per-class output
+        # gradients feed the conv gradient materialisation without any stacking copy.
+        self._class_loop = any(isinstance(fm.module, (nn.Conv1d, nn.Conv2d)) for fm in self.fast.values())
 
     # -- planning ---------------------------------------------------------------------------
     def _plan_fast_modules(self) -> None:
@@ -218,15 +258,15 @@ class GradientEngine:
         seeds = mix.T.unsqueeze(1).expand(mix.shape[1], B, C)  # (C', B, C)
         # One vmap'd backward over the classes (measured faster than a loop over classes
         # for both MLPs and CNNs); a loop when some op's backward has no batching rule.
-        if self._batched_backward:
+        if self._batched_backward and not self._class_loop:
             result = self._grads_mode(logits, tensors, seeds, True)
             if result is not None:
                 return result
             self._batched_backward = False
-        return self._grads_mode(logits, tensors, seeds, False)
+        return self._grads_mode(logits, tensors, seeds, False, stack=not self._class_loop)
 
     @staticmethod
-    def _grads_mode(logits, tensors, seeds, batched: bool) -> list[torch.Tensor | None] | None:
+    def _grads_mode(logits, tensors, seeds, batched: bool, stack: bool = True) -> list | None:
         if batched:
             try:
                 return list(torch.autograd.grad(
@@ -239,14 +279,24 @@ class GradientEngine:
             torch.autograd.grad(logits, tensors, grad_outputs=s, retain_graph=True, allow_unused=True)
             for s in seeds
         ]
+        gather = torch.stack if stack else list
         return [
-            None if per_class[0][i] is None else torch.stack([pc[i] for pc in per_class])
+            None if per_class[0][i] is None else gather([pc[i] for pc in per_class])
             for i in range(len(tensors))
         ]
 
     # -- building representations ----------------------------------------------------------
     def _module_rep(self, fm: _FastModule, deltas: list[torch.Tensor | None], B: int) -> GradRep:
         mod = fm.module
+        if len(deltas) == 1 and isinstance(deltas[0], list) and isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            # Per-class output gradients straight from the class loop: materialise from them.
+            a = fm.calls[0].feat
+            L, din, dout = a.shape[1], a.shape[-1], mod.out_channels
+            if _prefer_dense(L, din, dout, len(deltas[0])):
+                layout = [(n, tuple(self.params[n].shape)) for n in fm.params]
+                dc = [dl.reshape(B, dout, L) for dl in deltas[0]]
+                return DenseGrad(_dense_conv_grads(dc, a, len(fm.params) > 1), layout)
+        deltas = [_stack(dl) for dl in deltas]
         Cp = self.mix.shape[1] if self.mix is not None else self._num_classes
         parts_a, parts_d, dense = [], [], None
         for call, delta in zip(fm.calls, deltas):
@@ -284,7 +334,13 @@ class GradientEngine:
         a = parts_a[0] if len(parts_a) == 1 else torch.cat(parts_a, dim=1)
         if isinstance(mod, nn.Embedding):
             return OuterGrad(d, None, a, mod.num_embeddings, weight, None, transposed=True)
-        return OuterGrad(d, a, None, a.shape[-1], weight, bias)
+        L, din, dout = a.shape[1], a.shape[-1], d.shape[-1]
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and _prefer_dense(L, din, dout, d.shape[1]):
+            layout = [weight] + ([(bias, (dout,))] if bias is not None else [])
+            dc = d.permute(1, 0, 3, 2)  # (C, B, dout, L): normally the backward's own layout
+            dc = dc if dc.is_contiguous() else dc.contiguous()
+            return DenseGrad(_dense_conv_grads(list(dc), a, bias is not None), layout)
+        return OuterGrad(d, a, None, din, weight, bias)
 
     def _fast_reps(self, xb: torch.Tensor, verify: bool) -> tuple[dict[str, GradRep], list[str]]:
         """Representations of the fast modules; with ``verify`` also the names that failed."""
@@ -305,7 +361,7 @@ class GradientEngine:
             pos += n
         failed: list[str] = []
         if verify:
-            expected = dict(zip(pnames, grads[pos:]))
+            expected = dict(zip(pnames, [_stack(g) for g in grads[pos:]]))
             for fm in live:
                 got = _batch_sum(reps[fm.name], self.params)
                 for pname in fm.params:

@@ -5,7 +5,7 @@ the expected cliff blocks and the Fourier families follow from p.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -19,7 +19,7 @@ from ntkbench import models
 from ntkbench.data.modadd import make_modadd_data
 from ntkbench.data.tms import importance_weights, make_tms_data
 from ntkbench.spectral.cliffs import CliffParams, detect_cliffs, format_positions
-from ntkbench.utils import atomic_path, atomic_write_text, get_logger, resolve_device, seed_everything
+from ntkbench.utils import atomic_path, get_logger, resolve_device, seed_everything
 
 log = get_logger(__name__)
 
@@ -39,9 +39,6 @@ __all__ = [
 # Detector settings used when the config's ``cliffs`` block leaves a key out.
 TMS_CLIFF_DEFAULTS = {"min_ratio": 1.15, "min_contrast": 4.0, "window": 10, "trim": 2, "min_separation": 3}
 MODADD_CLIFF_DEFAULTS = {"min_ratio": 1.05, "min_contrast": 6.0, "window": 10, "trim": 2, "min_separation": 3}
-
-MODADD_OVERRIDABLE = ("p", "width", "train_fraction", "split_seed", "seeds", "lr", "weight_decay",
-                      "epochs", "checkpoint_every")
 
 
 def _write_csv(df: pd.DataFrame, path: str | Path) -> None:
