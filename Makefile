@@ -18,12 +18,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job: the whole DAG on the embedded default config (CPU unless CUDA is present).
+# The main job: the whole DAG on the embedded default config.yaml (CPU unless CUDA is present);
+# settings come from the workflow profile profiles/default.
 run: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml --rerun-triggers mtime params input code --printshellcmds
+	$(BIN)/snakemake --cores $(CORES)
 
 dry-run: $(STAMP)
-	$(BIN)/snakemake -n --cores $(CORES) --configfile config.yaml
+	$(BIN)/snakemake -n --cores $(CORES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(CORES) --dist loadfile tests

@@ -99,14 +99,9 @@ def code_fingerprint(*paths: str | os.PathLike) -> str:
 
 
 def get_logger(name: str) -> logging.Logger:
-    """A logger that prints time-stamped lines to stderr (captured by Snakemake's ``log:``)."""
-    logger = logging.getLogger(name)
-    if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    return logger
+    """The module logger. Handlers are configured once per process by :func:`setup_logging`
+    (workflow scripts) or by the user's application, never by the library itself."""
+    return logging.getLogger(name)
 
 
 def setup_logging(log_path: str | os.PathLike | None, threads: int | None = None) -> logging.Logger:
