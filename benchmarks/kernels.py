@@ -27,7 +27,6 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from ntkbench import kernels
-from ntkbench.kernels.projection import BlockProjector
 from ntkbench.kernels.reps import STATS
 
 

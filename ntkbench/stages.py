@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ntkbench import models
-from ntkbench.data import DataBundle, fingerprint, load_bundle
+from ntkbench import metrics, models
+from ntkbench.data import load_bundle
 from ntkbench.training import TrainConfig, evaluate_logits, train_classifier
 from ntkbench.utils import atomic_path, atomic_write_text, get_logger, resolve_device, seed_everything
 
@@ -53,8 +53,7 @@ def train_stage(data_path: str | Path, model_spec: dict[str, Any], train_cfg: di
     splits = {"train": bundle.train, **bundle.eval_splits}
     logits = {name: evaluate_logits(model, s.x, device=dev).numpy() for name, s in splits.items()}
     for name, s in splits.items():
-        acc = float((_labels(logits[name]) == s.y.numpy()).mean())
-        log.info("final %s accuracy %.4f", name, acc)
+        log.info("final %s accuracy %.4f", name, metrics.accuracy(logits[name], s.y.numpy()))
     models.save_checkpoint(out_model, model.cpu(), spec, seed=seed, train=train_cfg)
     with atomic_path(out_logits) as tmp:
         with open(tmp, "wb") as fh:
@@ -62,10 +61,6 @@ def train_stage(data_path: str | Path, model_spec: dict[str, Any], train_cfg: di
                      **{f"{k}_y": s.y.numpy() for k, s in splits.items()})
     with atomic_path(out_history) as tmp:
         history.to_csv(tmp, index=False)
-
-
-def _labels(logits: np.ndarray) -> np.ndarray:
-    return (logits[:, 0] > 0).astype(np.int64) if logits.shape[1] == 1 else logits.argmax(1)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -112,7 +107,7 @@ def kglm_stage(data_path: str | Path, logits_path: str | Path, kernel_path: str 
     Targets are the true labels, or the network's own predictions when
     ``kglm_cfg["target"] == "predictions"`` (paper 001, appendix I).
     """
-    from ntkbench import metrics, store
+    from ntkbench import store
     from ntkbench.surrogate import KernelGLM
 
     bundle = load_bundle(data_path)
@@ -121,7 +116,7 @@ def kglm_stage(data_path: str | Path, logits_path: str | Path, kernel_path: str 
     target = cfg.pop("target", "labels")
     seed = int(cfg.pop("seed", 0))
     train = store.read_kernel(kernel_path, "train_train")
-    y_train = bundle.train.y.numpy() if target == "labels" else _labels(nn_out["train_logits"])
+    y_train = bundle.train.y.numpy() if target == "labels" else metrics.predicted_labels(nn_out["train_logits"])
     glm = KernelGLM(seed=seed, **cfg).fit(train.kernel, y_train)
     report: dict[str, Any] = {
         "kernel": train.attrs.get("kind"), "target": target,
@@ -150,8 +145,6 @@ def kglm_stage(data_path: str | Path, logits_path: str | Path, kernel_path: str 
 
 def collect_faithfulness(records: Iterable[tuple[str, int, str, str | Path]], split: str = "test") -> pd.DataFrame:
     """One row per (experiment, seed, kernel) from kGLM report JSON files."""
-    from ntkbench.metrics import FAITHFULNESS_KEYS
-
     rows = []
     for experiment, seed, kernel, path in records:
         with open(path) as fh:
@@ -160,7 +153,7 @@ def collect_faithfulness(records: Iterable[tuple[str, int, str, str | Path]], sp
             raise KeyError(f"{path}: no evaluation split {split!r} (has {sorted(report)})")
         scores = report[split]
         rows.append({"experiment": experiment, "seed": seed, "kernel": kernel,
-                     **{m: scores.get(m, np.nan) for m in FAITHFULNESS_KEYS}})
+                     **{m: scores.get(m, np.nan) for m in metrics.FAITHFULNESS_KEYS}})
     return pd.DataFrame(rows)
 
 
@@ -168,10 +161,9 @@ def summary_stage(records: Iterable[tuple[str, int, str, str | Path]], out_csv: 
                   out_per_seed: str | Path, out_markdown: str | Path, out_figure: str | Path) -> pd.DataFrame:
     """Write the per-seed table, the seed-aggregated summary (CSV + Markdown) and the τ figure."""
     from ntkbench import plots, tables
-    from ntkbench.metrics import FAITHFULNESS_KEYS
 
     per_seed = collect_faithfulness(records)
-    summary = tables.aggregate_seeds(per_seed, by=["experiment", "kernel"], metrics=list(FAITHFULNESS_KEYS))
+    summary = tables.aggregate_seeds(per_seed, by=["experiment", "kernel"], metrics=list(metrics.FAITHFULNESS_KEYS))
     with atomic_path(out_per_seed) as tmp:
         per_seed.to_csv(tmp, index=False)
     with atomic_path(out_csv) as tmp:

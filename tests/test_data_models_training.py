@@ -62,7 +62,7 @@ def test_ntk_mlp_parameterisation():
     assert [l.in_features for l in linears] == [64, 100, 100]
     assert [s.factor for s in scales] == pytest.approx([64 ** -0.5, 0.1, 0.1])
     # N(0, 1) weights: sample std close to 1 (10k draws).
-    assert float(linears[1].weight.std()) == pytest.approx(1.0, abs=0.05)
+    assert float(linears[1].weight.detach().std()) == pytest.approx(1.0, abs=0.05)
     x = torch.rand(3, 1, 8, 8)
     manual = x.flatten(1)
     for i, (lin, s) in enumerate(zip(linears, scales)):

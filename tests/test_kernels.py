@@ -196,7 +196,6 @@ def test_projection_equals_dense_projection(references, proj_type):
             assert torch.allclose(rt.abs(), torch.full_like(rt, 64 ** -0.5))
         jx, jy = brute_jacobian(model, x), brute_jacobian(model, y)
         px, py = jx @ rt, jy @ rt
-        C = jx.shape[1]
         for kind, fx, fy in [("proj-trntk", px, py), ("proj-pntk", px.sum(1, keepdim=True), py.sum(1, keepdim=True))]:
             k0 = torch.einsum("ick,jck->ij", fx, fy)
             ref = k0 / torch.sqrt(fx.pow(2).sum((1, 2))[:, None] * fy.pow(2).sum((1, 2))[None])

@@ -16,7 +16,7 @@ import torch
 
 from ntkbench.utils import atomic_path
 
-__all__ = ["Split", "DataBundle", "save_bundle", "load_bundle", "load_dataset", "fingerprint"]
+__all__ = ["Split", "DataBundle", "save_bundle", "load_bundle", "load_dataset"]
 
 
 @dataclass
@@ -104,18 +104,6 @@ def load_bundle(path: str | Path) -> DataBundle:
             extra=extra,
             extra_splits=extra_splits,
         )
-
-
-def fingerprint(*tensors: torch.Tensor) -> str:
-    """Short content hash of tensors (provenance attributes)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for t in tensors:
-        arr = np.ascontiguousarray(t.detach().cpu().numpy())
-        digest.update(str(arr.shape).encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()[:16]
 
 
 def load_dataset(spec: dict[str, Any], data_dir: str | Path = "data") -> DataBundle:
