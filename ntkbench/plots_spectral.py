@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 from ntkbench.spectral.cliffs import CliffParams, detect_cliffs  # noqa: E402
 from ntkbench.spectral.features import FAMILIES  # noqa: E402
 from ntkbench.spectral.modadd import expected_cliffs  # noqa: E402
-from ntkbench.utils import atomic_path  # noqa: E402
+from ntkbench.plots import save_figure  # noqa: E402
 
 __all__ = [
     "save_figure",
@@ -31,14 +31,8 @@ __all__ = [
     "plot_modadd_full_spectrum",
 ]
 
+FIGURE_DPI = 130
 FAMILY_LABELS = {"a": "a", "b": "b", "a+b": "a+b", "a-b": "a−b"}
-
-
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 130) -> None:
-    """Save ``fig`` to ``path`` atomically and close it."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _mark_cliffs(ax: plt.Axes, cliffs: Sequence[Any], values: np.ndarray, color: str = "crimson") -> None:
@@ -81,7 +75,7 @@ def plot_tms_spectra(runs: Sequence[dict[str, Any]], cfg: dict[str, Any], path: 
     fig.suptitle(f"TMS: top-{runs[0]['eigenvalues'].shape[1]} eigenvalues of the flattened eNTK "
                  f"(N·C = {cfg['num_points']}·{n} rows, class-major), $g^c$ scaled by $I_c^{{\\beta/2}}$", fontsize=11)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=FIGURE_DPI)
 
 
 def plot_tms_heatmaps(runs: Sequence[dict[str, Any]], cfg: dict[str, Any], path: str | Path) -> None:
@@ -109,7 +103,7 @@ def plot_tms_heatmaps(runs: Sequence[dict[str, Any]], cfg: dict[str, Any], path:
     fig.colorbar(im, ax=axes, shrink=0.6, label="|cos(ground-truth feature ẑ^a, eigenvector ê_i)|")
     fig.suptitle("TMS: alignment of flattened-eNTK eigenvectors with ground-truth features "
                  "(dashed: detected cliffs)", fontsize=11)
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=FIGURE_DPI)
 
 
 # ----------------------------------------------------------------------------- modular addition
@@ -167,7 +161,7 @@ def plot_modadd_spectra(spectra: dict[str, Any], curve: pd.DataFrame, params: Cl
     ax.set_title(f"training (p={p}, seed {seed})", fontsize=10)
     fig.suptitle(f"Modular addition mod {p}: eNTK spectra across grokking (blocks of 2(p−1) = {2 * (p - 1)} modes)",
                  fontsize=11)
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=FIGURE_DPI)
 
 
 def plot_modadd_grokking(overlap: pd.DataFrame, curve: pd.DataFrame, path: str | Path,
@@ -206,7 +200,7 @@ def plot_modadd_grokking(overlap: pd.DataFrame, curve: pd.DataFrame, path: str |
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=7.5, loc="upper left")
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=FIGURE_DPI)
 
 
 def plot_modadd_heatmaps(heatmaps: dict[int, dict[str, np.ndarray]], p: int, curve: pd.DataFrame,
@@ -241,7 +235,7 @@ def plot_modadd_heatmaps(heatmaps: dict[int, dict[str, np.ndarray]], p: int, cur
     fig.colorbar(im, ax=axes, shrink=0.6, label="phase-free alignment ‖(ĉ_k·û_j, ŝ_k·û_j)‖")
     fig.suptitle(f"Modular addition mod {p} (seed {seed}): Fourier families cos/sin(2πk·v/p), v ∈ {{a, b, a+b, a−b}}, "
                  f"vs eigenvectors of the total class-averaged eNTK", fontsize=11)
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=FIGURE_DPI)
 
 
 def plot_modadd_full_spectrum(full: dict[str, Any], cliffs: Sequence[Any], p: int, path: str | Path,
@@ -261,4 +255,4 @@ def plot_modadd_full_spectrum(full: dict[str, Any], cliffs: Sequence[Any], p: in
                  f"top {ev.size} eigenvalues by matrix-free Lanczos ({int(full['matvecs'])} products, "
                  f"{float(full['seconds']):.1f}s)", fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=FIGURE_DPI)

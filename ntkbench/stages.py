@@ -17,7 +17,7 @@ import torch
 from ntkbench import metrics, models
 from ntkbench.data import load_bundle
 from ntkbench.training import TrainConfig, evaluate_logits, train_classifier
-from ntkbench.utils import atomic_path, atomic_write_text, get_logger, resolve_device, seed_everything
+from ntkbench.utils import atomic_path, atomic_savez, atomic_write_text, get_logger, resolve_device, seed_everything
 
 log = get_logger(__name__)
 
@@ -55,10 +55,8 @@ def train_stage(data_path: str | Path, model_spec: dict[str, Any], train_cfg: di
     for name, s in splits.items():
         log.info("final %s accuracy %.4f", name, metrics.accuracy(logits[name], s.y.numpy()))
     models.save_checkpoint(out_model, model.cpu(), spec, seed=seed, train=train_cfg)
-    with atomic_path(out_logits) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{f"{k}_logits": v for k, v in logits.items()},
-                     **{f"{k}_y": s.y.numpy() for k, s in splits.items()})
+    atomic_savez(out_logits, **{f"{k}_logits": v for k, v in logits.items()},
+                 **{f"{k}_y": s.y.numpy() for k, s in splits.items()})
     with atomic_path(out_history) as tmp:
         history.to_csv(tmp, index=False)
 
@@ -134,9 +132,7 @@ def kglm_stage(data_path: str | Path, logits_path: str | Path, kernel_path: str 
         report[name] = scores
         log.info("%s: %s", name, {k2: round(v, 4) if isinstance(v, float) else v for k2, v in scores.items()})
     atomic_write_text(out_json, json.dumps(report, indent=2, default=float))
-    with atomic_path(out_npz) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{f"{k}_logits": v for k, v in kglm_logits.items()})
+    atomic_savez(out_npz, **{f"{k}_logits": v for k, v in kglm_logits.items()})
     return report
 
 

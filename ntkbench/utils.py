@@ -18,6 +18,7 @@ __all__ = [
     "seed_everything",
     "atomic_path",
     "atomic_write_text",
+    "atomic_savez",
     "code_fingerprint",
     "get_logger",
     "setup_logging",
@@ -78,6 +79,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def atomic_savez(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` to ``path`` as an uncompressed ``.npz`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:  # a file object, so numpy keeps the temporary name
+            np.savez(fh, **arrays)
 
 
 def code_fingerprint(*paths: str | os.PathLike) -> str:

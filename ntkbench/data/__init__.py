@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ntkbench.utils import atomic_path
+from ntkbench.utils import atomic_savez
 
 __all__ = ["Split", "DataBundle", "save_bundle", "load_bundle", "load_dataset"]
 
@@ -79,9 +79,7 @@ def save_bundle(bundle: DataBundle, path: str | Path) -> None:
     for key, split in bundle.extra_splits.items():
         arrays[f"split_{key}_x"] = split.x.numpy()
         arrays[f"split_{key}_y"] = split.y.numpy()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    atomic_savez(path, **arrays)
 
 
 def load_bundle(path: str | Path) -> DataBundle:

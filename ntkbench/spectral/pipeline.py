@@ -19,7 +19,7 @@ from ntkbench import models
 from ntkbench.data.modadd import make_modadd_data
 from ntkbench.data.tms import importance_weights, make_tms_data
 from ntkbench.spectral.cliffs import CliffParams, detect_cliffs, format_positions
-from ntkbench.utils import atomic_path, get_logger, resolve_device, seed_everything
+from ntkbench.utils import atomic_path, atomic_savez, get_logger, resolve_device, seed_everything
 
 log = get_logger(__name__)
 
@@ -44,12 +44,6 @@ MODADD_CLIFF_DEFAULTS = {"min_ratio": 1.05, "min_contrast": 6.0, "window": 10, "
 def _write_csv(df: pd.DataFrame, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
-
-
-def _save_npz(path: str | Path, **arrays: Any) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
 
 
 # ----------------------------------------------------------------------------- config helpers
@@ -120,7 +114,7 @@ def tms_spectrum_stage(model_path: str | Path, cfg: dict[str, Any], device: str,
         scores.append(sp.scores)
         timing.append([sp.jacobian_seconds, sp.eig.seconds])
     w = model.W.detach().double().cpu()
-    _save_npz(out_npz, betas=np.array(cfg["betas"], dtype=float), eigenvalues=np.stack(values),
+    atomic_savez(out_npz, betas=np.array(cfg["betas"], dtype=float), eigenvalues=np.stack(values),
               heatmaps=np.stack(heatmaps).astype(np.float32), seconds=np.array(timing),
               feature_norms=(w * w).sum(0).numpy(),
               n_represented=np.array(n_represented(model, cfg["represented_threshold"])),
@@ -213,7 +207,7 @@ def modadd_spectra_stage(checkpoints: str | Path, cfg: dict[str, Any], device: s
                              n_vectors=n_vectors, device=dev, log=log)
     log.info("%d checkpoints: kernels %.1fs, eigendecompositions %.1fs, total %.1fs", len(res["epochs"]),
              res["kernel_seconds"], res["eig_seconds"], time.perf_counter() - start)
-    _save_npz(out_npz, epochs=res["epochs"], layers=res["layers"], eigenvalues=res["eigenvalues"],
+    atomic_savez(out_npz, epochs=res["epochs"], layers=res["layers"], eigenvalues=res["eigenvalues"],
               eigenvectors=res["eigenvectors"], pairs=data.pairs, p=np.array(data.p),
               kernel_seconds=np.array(res["kernel_seconds"]), eig_seconds=np.array(res["eig_seconds"]))
 
@@ -232,7 +226,7 @@ def modadd_full_stage(checkpoints: str | Path, cfg: dict[str, Any], device: str,
     res = full_entk_top(model, data.x.to(dev), k, device=dev)
     log.info("full flattened eNTK %d x %d at epoch %d: top-%d eigenpairs by Lanczos in %.1fs (%d products)",
              dim, dim, epoch, k, res.seconds, res.info["matvecs"])
-    _save_npz(out_npz, epoch=np.array(epoch), eigenvalues=res.values,
+    atomic_savez(out_npz, epoch=np.array(epoch), eigenvalues=res.values,
               eigenvectors=res.vectors[:, : min(k, 2 * data.p)].astype(np.float32),
               seconds=np.array(res.seconds), matvecs=np.array(res.info["matvecs"]))
 
