@@ -33,6 +33,24 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class ViewCNN(nn.Module):
+    """Convs as written in much older code: one without bias applied twice, and the last
+    feature map flattened with ``.view`` (which needs the default NCHW strides)."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.c3 = nn.Conv2d(4, 3, 3, stride=2)
+        self.fc = nn.Linear(3 * 3 * 3, classes)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        h = torch.relu(self.c2(torch.relu(self.c2(h))))
+        h = torch.tanh(self.c3(h))
+        return self.fc(h.view(h.shape[0], -1))
+
+
 class BinaryNet(nn.Module):
     """Single-logit (C = 1) output of shape (N,), with an NTK-style parameter-free scale."""
 

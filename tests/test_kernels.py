@@ -7,7 +7,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ntkbench import kernels
-from tests.kernel_models import BinaryNet, MLP, OddNet, SmallCNN, TokenNet, brute_jacobian, brute_kernels
+from tests.kernel_models import (
+    BinaryNet, MLP, OddNet, SmallCNN, TokenNet, ViewCNN, brute_jacobian, brute_kernels,
+)
 
 F64 = torch.float64
 GRAD_KINDS = ["entk", "trntk0", "trntk", "pntk0", "pntk"]
@@ -281,3 +283,31 @@ def test_symmetric_blocks_and_uncached_path(monkeypatch):
         got = kernels.compute(model, small, y, kind="pntk", dtype=F64, batch_size=16)
         want = kernels.compute(model, small, small if y is None else y.clone(), kind="pntk", dtype=F64, impl="generic")
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("model_cls", [SmallCNN, ViewCNN])
+def test_conv_models_over_many_blocks(model_cls):
+    """Materialised conv gradients (class-major, [W | b] rows), the channels-last backward
+    (and its fallback for ``.view``), convs applied twice and the block-wise symmetric
+    kernel over several batches: all equal to the generic torch.func path."""
+    from ntkbench.kernels.fast import GradientEngine
+    from ntkbench.kernels.generic import functional_state
+
+    torch.manual_seed(0)
+    model = _bn_stats(model_cls())
+    in_ch = model.c1.in_channels if model_cls is ViewCNN else 1
+    x = torch.randn(150, in_ch, 8, 8)
+    for kind, layerwise in [("trntk", False), ("entk", False), ("trntk0", True), ("pntk", False)]:
+        got = kernels.compute(model, x, kind=kind, dtype=F64, batch_size=40, layerwise=layerwise)
+        want = kernels.compute(model, x, x.clone(), kind=kind, dtype=F64, impl="generic", layerwise=layerwise)
+        for key in (want if layerwise else [None]):
+            g, w = (got[key], want[key]) if layerwise else (got, want)
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=f"{model_cls.__name__} {kind} {key}")
+    proj = kernels.compute(model, x[:20], kind="proj-trntk", proj_dim=32, seed=3, dtype=F64, batch_size=8)
+    ref = kernels.compute(model, x[:20], kind="proj-trntk", proj_dim=32, seed=3, dtype=F64, impl="generic")
+    torch.testing.assert_close(proj, ref)
+    # SmallCNN runs its conv backward in channels-last; ViewCNN's .view forces the fallback.
+    params, others = functional_state(model, torch.device("cpu"), F64)
+    engine = GradientEngine(model.eval(), params, others, impl="fast")
+    engine.reps(x[:8].to(F64))
+    assert engine._channels_last == (model_cls is SmallCNN)

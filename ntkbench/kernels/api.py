@@ -204,59 +204,71 @@ def normalise(k: torch.Tensor, diag_x: torch.Tensor, diag_y: torch.Tensor) -> to
     return k * inv_x.unsqueeze(1) * inv_y.unsqueeze(0)
 
 
-def _concat_parts(blocks: list[dict[str, list[GradRep]]]) -> dict[str, list[GradRep]]:
-    out: dict[str, list[GradRep]] = {}
-    for name in blocks[0]:
-        width = len(blocks[0][name])
-        out[name] = [concat_reps([b[name][i] for b in blocks]) for i in range(width)]
-    return out
-
-
 def _nbytes(reps: dict[str, list[GradRep]]) -> int:
     return sum(r.nbytes() for rs in reps.values() for r in rs)
 
 
-def _all_reps(source, data: torch.Tensor, step: int, device, dtype) -> dict[str, list[GradRep]] | None:
-    """Representations of every sample, or None when they would exceed ``CACHE_BYTES``."""
+Blocks = list[dict[str, list[GradRep]]]
+
+
+def _all_reps(source, data: torch.Tensor, step: int, device, dtype) -> Blocks | None:
+    """Representations of every sample as a list of per-batch blocks (never concatenated:
+    copying materialised gradients costs as much as a good part of contracting them), or
+    None when they would exceed ``CACHE_BYTES``."""
     blocks = []
     for start, chunk in iter_batches(data, step):
         blocks.append(source.reps(cast_input(chunk, device, dtype)))
         if start == 0 and _nbytes(blocks[0]) * math.ceil(data.shape[0] / step) > CACHE_BYTES:
             return None
-    return _concat_parts(blocks)
+    return blocks
 
 
 def _rows_of(reps: dict[str, list[GradRep]], start: int, stop: int) -> dict[str, list[GradRep]]:
     return {k: [r.rows(start, stop) for r in rs] for k, rs in reps.items()}
 
 
-def _symmetric_kernel(reps: dict[str, list[GradRep]], entk: bool, layerwise: bool, n: int):
+def _block_rows(reps: dict[str, list[GradRep]]) -> int:
+    return next(iter(reps.values()))[0].batch
+
+
+def _sum_parts(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    total = None
+    for v in parts.values():
+        total = v if total is None else total.add_(v)
+    return total
+
+
+def _symmetric_kernel(blocks: Blocks, entk: bool, layerwise: bool, n: int):
     """K(X, X) from the upper triangle only (syrk-like), mirrored.
 
-    Row panel i (rows s_i..s_i+step) is contracted with rows s_i..n in ONE call per part, so
-    with 8 panels the flops are ~56% of the full product while every product stays a large
-    GEMM (few, big calls: much faster than many small blocks, above all on a loaded CPU).
+    Off-diagonal block pairs are one contraction each (large GEMMs); a diagonal block is cut
+    into row panels, each contracted with the rest of its block, so about half of the
+    diagonal blocks' flops are saved too.
     """
-    step = max(128, math.ceil(n / 8))
-    if step >= n:
-        return block_kernel(reps, reps, entk, layerwise)
-    reps = {k: [prepare(r, entk) for r in rs] for k, rs in reps.items()}
+    blocks = [{k: [prepare(r, entk) for r in rs] for k, rs in b.items()} for b in blocks]
+    sizes = [_block_rows(b) for b in blocks]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
     out: dict[str, torch.Tensor] = {}
-    for si in range(0, n, step):
-        se = min(n, si + step)
-        blk = block_kernel(_rows_of(reps, si, se), _rows_of(reps, si, n), entk, True)
-        if not layerwise:
-            total = None
-            for v in blk.values():
-                total = v if total is None else total.add_(v)
-            blk = {"": total}
-        for name, value in blk.items():
+
+    def store(parts: dict[str, torch.Tensor], r0: int, c0: int, square: int) -> None:
+        """Write a (rows, cols) piece at (r0, c0) and mirror all but its first ``square`` columns."""
+        for name, value in (parts if layerwise else {"": _sum_parts(parts)}).items():
             if name not in out:
                 out[name] = value.new_empty((n, n) + tuple(value.shape[2:]))
-            out[name][si:se, si:n] = value
-            if se < n:
-                rest = value[:, se - si :]
-                out[name][se:n, si:se] = rest.permute(1, 0, 3, 2) if entk else rest.T
+            rows, cols = value.shape[:2]
+            out[name][r0 : r0 + rows, c0 : c0 + cols] = value
+            if cols > square:
+                rest = value[:, square:]
+                out[name][c0 + square : c0 + cols, r0 : r0 + rows] = rest.permute(1, 0, 3, 2) if entk else rest.T
+
+    for i, bi in enumerate(blocks):
+        size, s0 = sizes[i], starts[i]
+        panel = max(64, math.ceil(size / 4))
+        for a in range(0, size, panel):
+            b = min(size, a + panel)
+            store(block_kernel(_rows_of(bi, a, b), _rows_of(bi, a, size), entk, True), s0 + a, s0 + a, b - a)
+        for j in range(i + 1, len(blocks)):
+            store(block_kernel(bi, blocks[j], entk, True), s0, starts[j], 0)
     return out if layerwise else out[""]
 
 
@@ -280,22 +292,16 @@ def _kernel_in_memory(source, opts: KernelOptions, X: torch.Tensor, Y: torch.Ten
     for _, xb in iter_batches(X, step):
         rx = source.reps(cast_input(xb, device, dtype))
         diag_x.append(block_diag(rx, entk))
-        if ry is not None:
-            rows.append(block_kernel(rx, ry, entk, layerwise))
-            continue
         cols = []
-        for _, yb in iter_batches(Y, step):
-            rb = source.reps(cast_input(yb, device, dtype))
+        y_blocks = ry if ry is not None else (source.reps(cast_input(yb, device, dtype)) for _, yb in iter_batches(Y, step))
+        for rb in y_blocks:
             if len(rows) == 0:
                 diag_y.append(block_diag(rb, entk))
             cols.append(block_kernel(rx, rb, entk, layerwise))
         rows.append({k: torch.cat([c[k] for c in cols], 1) for k in cols[0]} if layerwise else torch.cat(cols, 1))
     kernel = {k: torch.cat([r[k] for r in rows]) for k in rows[0]} if layerwise else torch.cat(rows)
     dx = torch.cat(diag_x)
-    if same:
-        return kernel, dx, None
-    dy = block_diag(ry, entk) if ry is not None else torch.cat(diag_y)
-    return kernel, dx, dy
+    return kernel, dx, (None if same else torch.cat(diag_y))
 
 
 def compute(

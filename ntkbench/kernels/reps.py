@@ -48,10 +48,17 @@ class DenseGrad:
     """Materialised per-sample gradients ``g`` (B, C, p) of the parameters in ``layout``.
 
     ``layout`` lists (parameter name, shape) in the order their flattened entries appear.
+    ``g`` may be a (B, C, p) view of class-major (C, B, p) storage (what one matmul per class
+    writes without any copy); trNTK contractions use it as it is (one GEMM per class).
+    With ``augmented`` the layout is [(weight, (dout, ...)), (bias, (dout,))] but stored as the
+    rows of one (dout, din_w + 1) matrix [W | b] (a conv's patches carry a ones column, so
+    the bias gradient comes out of the same product); :meth:`canonical` restores the layout
+    order for the consumers that need it (projection, the autograd cross-check).
     """
 
     g: torch.Tensor
     layout: list[tuple[str, tuple[int, ...]]]
+    augmented: bool = False
 
     @property
     def batch(self) -> int:
@@ -61,11 +68,28 @@ class DenseGrad:
     def num_classes(self) -> int:
         return self.g.shape[1]
 
+    @property
+    def class_major(self) -> bool:
+        return _is_class_major(self.g)
+
     def dense(self) -> torch.Tensor:
         return self.g
 
+    def canonical(self) -> torch.Tensor:
+        """(B, C, p) in ``layout`` order, sample-major and contiguous (copies unless it is)."""
+        if not self.augmented:
+            return self.g.contiguous()
+        B, C, _ = self.g.shape
+        dout = self.layout[1][1][0]
+        v = self.g.reshape(B, C, dout, -1)
+        return torch.cat([v[..., :-1].reshape(B, C, -1), v[..., -1]], dim=2)
+
+    def sample_major(self) -> "DenseGrad":
+        """The same gradients with each sample's (C, p) contiguous (entk contracts (B*C) rows)."""
+        return self if self.g.is_contiguous() else DenseGrad(self.g.contiguous(), self.layout, self.augmented)
+
     def rows(self, start: int, stop: int) -> "DenseGrad":
-        return DenseGrad(self.g[start:stop], self.layout)
+        return DenseGrad(self.g[start:stop], self.layout, self.augmented)
 
     def nbytes(self) -> int:
         return self.g.numel() * self.g.element_size()
@@ -171,12 +195,18 @@ class OuterGrad:
 GradRep = Union[DenseGrad, OuterGrad]
 
 
+def _is_class_major(g: torch.Tensor) -> bool:
+    """Whether (B, C, p) ``g`` is a view of (C, B, p) storage (rows of one class contiguous)."""
+    B, C, p = g.shape
+    return C > 1 and B > 1 and g.stride(2) == 1 and g.stride(0) == p and g.stride(1) >= B * p
+
+
 def map_classes(rep: GradRep, mix: torch.Tensor | None) -> GradRep:
     """Apply a linear map over classes, g'^{c'} = sum_c mix[c, c'] g^c (importance, pNTK sum)."""
     if mix is None:
         return rep
     if isinstance(rep, DenseGrad):
-        return DenseGrad(torch.einsum("bcp,ce->bep", rep.g, mix), rep.layout)
+        return DenseGrad(torch.einsum("bcp,ce->bep", rep.g, mix), rep.layout, rep.augmented)
     return OuterGrad(
         torch.einsum("bclo,ce->belo", rep.d, mix), rep.a, rep.idx, rep.din, rep.weight, rep.bias, rep.transposed
     )
@@ -188,7 +218,11 @@ def concat_reps(reps: list[GradRep]) -> GradRep:
     if len(reps) == 1:
         return first
     if isinstance(first, DenseGrad):
-        return DenseGrad(torch.cat([r.g for r in reps]), first.layout)
+        if all(r.class_major for r in reps):  # keep the storage class-major
+            g = torch.cat([r.g.transpose(0, 1) for r in reps], dim=1).transpose(0, 1)
+        else:
+            g = torch.cat([r.g for r in reps])
+        return DenseGrad(g, first.layout, first.augmented)
     return OuterGrad(
         torch.cat([r.d for r in reps]),
         None if first.a is None else torch.cat([r.a for r in reps]),
@@ -222,6 +256,14 @@ def _contract_dense(gx: torch.Tensor, gy: torch.Tensor, entk: bool) -> torch.Ten
     Bx, C, p = gx.shape
     By = gy.shape[0]
     STATS.flops += 2.0 * Bx * By * C * p * (C if entk else 1)
+    if not entk and (_is_class_major(gx) or _is_class_major(gy)):
+        # sum_c G_x^c (G_y^c)^T, one GEMM per class on the class-major storage (no copy).
+        xc, yc = gx.transpose(0, 1), gy.transpose(0, 1)
+        out = xc[0] @ yc[0].T
+        for c in range(1, C):
+            out.addmm_(xc[c], yc[c].T)
+        return out
+    gx, gy = gx.contiguous(), gy.contiguous()
     if entk:
         return (gx.reshape(Bx * C, p) @ gy.reshape(By * C, p).T).view(Bx, C, By, C).permute(0, 2, 1, 3)
     return gx.reshape(Bx, -1) @ gy.reshape(By, -1).T
@@ -251,6 +293,8 @@ def prepare(rep: GradRep, entk: bool) -> GradRep:
     row slices of it (blocks) share one materialisation."""
     if isinstance(rep, OuterGrad) and not _use_factorised(rep, rep, entk):
         rep.dense()
+    if isinstance(rep, DenseGrad) and entk:
+        return rep.sample_major()  # once here rather than in every block's contraction
     return rep
 
 
