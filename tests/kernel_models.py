@@ -35,14 +35,15 @@ class SmallCNN(nn.Module):
 
 class ViewCNN(nn.Module):
     """Convs as written in much older code: one without bias applied twice, and the last
-    feature map flattened with ``.view`` (which needs the default NCHW strides)."""
+    feature map flattened with ``.view`` (which needs the default NCHW strides). The first
+    conv has fewer patch entries than output channels (its gradients are stored transposed)."""
 
     def __init__(self, classes: int = 3):
         super().__init__()
-        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
-        self.c2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
-        self.c3 = nn.Conv2d(4, 3, 3, stride=2)
-        self.fc = nn.Linear(3 * 3 * 3, classes)
+        self.c1 = nn.Conv2d(2, 12, 2, padding=1)  # 8x8 -> 9x9
+        self.c2 = nn.Conv2d(12, 12, 3, padding=1, bias=False)
+        self.c3 = nn.Conv2d(12, 3, 3, stride=2)  # -> 4x4
+        self.fc = nn.Linear(3 * 4 * 4, classes)
 
     def forward(self, x):
         h = torch.relu(self.c1(x))

@@ -114,6 +114,8 @@ class BlockProjector:
         """sum over ``reps`` (disjoint parameter groups of the same samples) of R g^c: (B, C, K)."""
         B, C = reps[0].batch, reps[0].num_classes
         T = self.num_tiles
+        # Materialised gradients in the parameters' own order, sample-major: once, not per tile.
+        reps = [DenseGrad(r.canonical(), r.layout) if isinstance(r, DenseGrad) else r for r in reps]
         # One contiguous (B, C, TILE_K) slab per tile, so every update is an in-place GEMM.
         slabs = torch.zeros(T, B, C, TILE_K, dtype=self.dtype, device=self.device)
         for t in range(T):
@@ -131,7 +133,7 @@ class BlockProjector:
 
     def _project_dense(self, rep: DenseGrad, t: int, out: torch.Tensor) -> None:
         B, C = rep.batch, rep.num_classes
-        g = rep.canonical()
+        g = rep.g
         out2 = out.reshape(B * C, -1) if out.is_contiguous() else None
         offset = 0
         for name, shape in rep.layout:

@@ -50,15 +50,18 @@ class DenseGrad:
     ``layout`` lists (parameter name, shape) in the order their flattened entries appear.
     ``g`` may be a (B, C, p) view of class-major (C, B, p) storage (what one matmul per class
     writes without any copy); trNTK contractions use it as it is (one GEMM per class).
-    With ``augmented`` the layout is [(weight, (dout, ...)), (bias, (dout,))] but stored as the
-    rows of one (dout, din_w + 1) matrix [W | b] (a conv's patches carry a ones column, so
-    the bias gradient comes out of the same product); :meth:`canonical` restores the layout
+    A conv's gradients are stored the way its matmul writes them: with ``augmented`` the
+    layout [(weight, (dout, ...)), (bias, (dout,))] is held as one (dout, din_w + 1) matrix
+    [W | b] per sample and class (the patches carry a ones column, so the bias gradient comes
+    out of the same product); with ``transposed`` that matrix is stored transposed. Inner
+    products do not depend on the order of entries; :meth:`canonical` restores the layout
     order for the consumers that need it (projection, the autograd cross-check).
     """
 
     g: torch.Tensor
     layout: list[tuple[str, tuple[int, ...]]]
     augmented: bool = False
+    transposed: bool = False
 
     @property
     def batch(self) -> int:
@@ -77,19 +80,24 @@ class DenseGrad:
 
     def canonical(self) -> torch.Tensor:
         """(B, C, p) in ``layout`` order, sample-major and contiguous (copies unless it is)."""
-        if not self.augmented:
+        if not (self.augmented or self.transposed):
             return self.g.contiguous()
         B, C, _ = self.g.shape
-        dout = self.layout[1][1][0]
-        v = self.g.reshape(B, C, dout, -1)
+        dout = self.layout[0][1][0]
+        v = self.g.reshape(B, C, -1, dout).transpose(2, 3) if self.transposed else self.g.reshape(B, C, dout, -1)
+        if not self.augmented:
+            return v.reshape(B, C, -1)
         return torch.cat([v[..., :-1].reshape(B, C, -1), v[..., -1]], dim=2)
+
+    def _like(self, g: torch.Tensor) -> "DenseGrad":
+        return DenseGrad(g, self.layout, self.augmented, self.transposed)
 
     def sample_major(self) -> "DenseGrad":
         """The same gradients with each sample's (C, p) contiguous (entk contracts (B*C) rows)."""
-        return self if self.g.is_contiguous() else DenseGrad(self.g.contiguous(), self.layout, self.augmented)
+        return self if self.g.is_contiguous() else self._like(self.g.contiguous())
 
     def rows(self, start: int, stop: int) -> "DenseGrad":
-        return DenseGrad(self.g[start:stop], self.layout, self.augmented)
+        return self._like(self.g[start:stop])
 
     def nbytes(self) -> int:
         return self.g.numel() * self.g.element_size()
@@ -206,7 +214,7 @@ def map_classes(rep: GradRep, mix: torch.Tensor | None) -> GradRep:
     if mix is None:
         return rep
     if isinstance(rep, DenseGrad):
-        return DenseGrad(torch.einsum("bcp,ce->bep", rep.g, mix), rep.layout, rep.augmented)
+        return rep._like(torch.einsum("bcp,ce->bep", rep.g, mix))
     return OuterGrad(
         torch.einsum("bclo,ce->belo", rep.d, mix), rep.a, rep.idx, rep.din, rep.weight, rep.bias, rep.transposed
     )
@@ -222,7 +230,7 @@ def concat_reps(reps: list[GradRep]) -> GradRep:
             g = torch.cat([r.g.transpose(0, 1) for r in reps], dim=1).transpose(0, 1)
         else:
             g = torch.cat([r.g for r in reps])
-        return DenseGrad(g, first.layout, first.augmented)
+        return first._like(g)
     return OuterGrad(
         torch.cat([r.d for r in reps]),
         None if first.a is None else torch.cat([r.a for r in reps]),
