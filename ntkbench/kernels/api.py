@@ -263,7 +263,7 @@ def _symmetric_kernel(blocks: Blocks, entk: bool, layerwise: bool, n: int):
 
     for i, bi in enumerate(blocks):
         size, s0 = sizes[i], starts[i]
-        panel = max(64, math.ceil(size / 4))
+        panel = max(64, math.ceil(size / 8))
         for a in range(0, size, panel):
             b = min(size, a + panel)
             store(block_kernel(_rows_of(bi, a, b), _rows_of(bi, a, size), entk, True), s0 + a, s0 + a, b - a)
