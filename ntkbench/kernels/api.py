@@ -231,13 +231,6 @@ def _block_rows(reps: dict[str, list[GradRep]]) -> int:
     return next(iter(reps.values()))[0].batch
 
 
-def _sum_parts(parts: dict[str, torch.Tensor]) -> torch.Tensor:
-    total = None
-    for v in parts.values():
-        total = v if total is None else total.add_(v)
-    return total
-
-
 def _symmetric_kernel(blocks: Blocks, entk: bool, layerwise: bool, n: int):
     """K(X, X) from the upper triangle only (syrk-like), mirrored.
 
@@ -250,9 +243,10 @@ def _symmetric_kernel(blocks: Blocks, entk: bool, layerwise: bool, n: int):
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     out: dict[str, torch.Tensor] = {}
 
-    def store(parts: dict[str, torch.Tensor], r0: int, c0: int, square: int) -> None:
-        """Write a (rows, cols) piece at (r0, c0) and mirror all but its first ``square`` columns."""
-        for name, value in (parts if layerwise else {"": _sum_parts(parts)}).items():
+    def store(piece, r0: int, c0: int, square: int) -> None:
+        """Write a (rows, cols) piece (or {part: piece}) at (r0, c0) and mirror all but its
+        first ``square`` columns."""
+        for name, value in (piece.items() if layerwise else [("", piece)]):
             if name not in out:
                 out[name] = value.new_empty((n, n) + tuple(value.shape[2:]))
             rows, cols = value.shape[:2]
@@ -266,9 +260,9 @@ def _symmetric_kernel(blocks: Blocks, entk: bool, layerwise: bool, n: int):
         panel = max(64, math.ceil(size / 8))
         for a in range(0, size, panel):
             b = min(size, a + panel)
-            store(block_kernel(_rows_of(bi, a, b), _rows_of(bi, a, size), entk, True), s0 + a, s0 + a, b - a)
+            store(block_kernel(_rows_of(bi, a, b), _rows_of(bi, a, size), entk, layerwise), s0 + a, s0 + a, b - a)
         for j in range(i + 1, len(blocks)):
-            store(block_kernel(bi, blocks[j], entk, True), s0, starts[j], 0)
+            store(block_kernel(bi, blocks[j], entk, layerwise), s0, starts[j], 0)
     return out if layerwise else out[""]
 
 

@@ -308,7 +308,10 @@ class GradientEngine:
             for i in range(len(tensors))
         ]
 
-    def _conv_sinks(self, live: list[_FastModule], B: int, C: int) -> dict[int, "_ConvSink"]:
+    def _layout(self, fm: _FastModule) -> list[tuple[str, tuple[int, ...]]]:
+        return [(n, tuple(self.params[n].shape)) for n in fm.params]
+
+    def _conv_sinks(self, live: list[_FastModule], C: int) -> dict[int, "_ConvSink"]:
         """Sinks for the convs whose gradients are materialised (class loop, one call each):
         keyed by the position of their output among the tensors differentiated."""
         sinks: dict[int, _ConvSink] = {}
@@ -320,8 +323,7 @@ class GradientEngine:
             if len(calls) == 1 and isinstance(mod, (nn.Conv1d, nn.Conv2d)):
                 a = calls[0].feat
                 if _prefer_dense(a.shape[1], a.shape[-1], mod.out_channels, C):
-                    layout = [(n, tuple(self.params[n].shape)) for n in fm.params]
-                    sinks[pos] = _ConvSink(a, C, mod.out_channels, layout, len(fm.params) > 1)
+                    sinks[pos] = _ConvSink(a, C, mod.out_channels, self._layout(fm), len(fm.params) > 1)
             pos += len(calls)
         return sinks
 
@@ -356,8 +358,7 @@ class GradientEngine:
                 g = g.permute(1, 0, 2)
                 dense = g if dense is None else dense + g
         if dense is not None:
-            layout = [(n, tuple(self.params[n].shape)) for n in fm.params]
-            return DenseGrad(dense, layout)
+            return DenseGrad(dense, self._layout(fm))
         weight = (fm.params[0], tuple(self.params[fm.params[0]].shape))
         bias = fm.params[1] if len(fm.params) > 1 else None
         # A module called several times contributes the sum over calls: stack positions.
@@ -367,8 +368,7 @@ class GradientEngine:
             return OuterGrad(d, None, a, mod.num_embeddings, weight, None, transposed=True)
         L, din, dout = a.shape[1], a.shape[-1], d.shape[-1]
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and _prefer_dense(L, din, dout, d.shape[1]):
-            layout = [weight] + ([(bias, (dout,))] if bias is not None else [])
-            sink = _ConvSink(a, d.shape[1], dout, layout, bias is not None)
+            sink = _ConvSink(a, d.shape[1], dout, self._layout(fm), bias is not None)
             for c in range(d.shape[1]):
                 sink.add(c, d[:, c].transpose(1, 2))  # (B, dout, L)
             return sink.result()
@@ -385,7 +385,7 @@ class GradientEngine:
         B = xb.shape[0]
         outs = [c.out for fm in live for c in fm.calls]
         pnames = [p for fm in live for p in fm.params] if verify else []
-        sinks = self._conv_sinks(live, B, self.mix.shape[1] if self.mix is not None else logits.shape[1])
+        sinks = self._conv_sinks(live, self.mix.shape[1] if self.mix is not None else logits.shape[1])
         grads = self._class_grads(logits, outs + [self.params[p] for p in pnames], sinks) if outs else []
         reps: dict[str, GradRep] = {}
         pos = 0

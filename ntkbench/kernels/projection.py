@@ -133,14 +133,13 @@ class BlockProjector:
 
     def _project_dense(self, rep: DenseGrad, t: int, out: torch.Tensor) -> None:
         B, C = rep.batch, rep.num_classes
-        g = rep.g
         out2 = out.reshape(B * C, -1) if out.is_contiguous() else None
         offset = 0
         for name, shape in rep.layout:
             _, row_len = _rows(shape)
             for b, (r0, r1) in enumerate(self.row_blocks(shape)):
                 rt = self.tile(name, shape, b, t)  # (w, cols)
-                cols = g[:, :, offset + r0 * row_len : offset + r1 * row_len]
+                cols = rep.g[:, :, offset + r0 * row_len : offset + r1 * row_len]
                 if out2 is not None:
                     out2.addmm_(cols.reshape(B * C, -1), rt.T)
                 else:
