@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install dry-run bench clean-results
+.PHONY: run test install dry-run bench clean-results report
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,11 +23,29 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 
+# A self-contained HTML report of every table and figure (opens offline), from the last run.
+report: $(STAMP)
+	$(BIN)/snakemake --cores 1 --report results/report.html
+
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(CORES) --dist loadfile tests
+
+# The workflow through Snakemake's SLURM executor (profiles/slurm) on a throw-away single-node
+# SLURM started on this machine, checked against a local run (ci/cluster/cluster_test.sh).
+# Needs root: installs Debian's slurm-wlm and munge, writes /etc/slurm/slurm.conf.
+CLUSTER_STAMP := $(VENV)/.installed-cluster
+
+$(CLUSTER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[workflow,test,cluster]"
+	touch $(CLUSTER_STAMP)
+
+.PHONY: cluster-test
+cluster-test: $(CLUSTER_STAMP)
+	bash ci/cluster/slurm.sh install
+	bash ci/cluster/cluster_test.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/kernels.py

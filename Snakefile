@@ -14,12 +14,17 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/train.smk"
 include: "rules/kernels.smk"
 include: "rules/surrogates.smk"
 include: "rules/forensics.smk"
+include: "rules/attribution.smk"
 include: "rules/spectral.smk"
+include: "rules/spectral_tf.smk"
 include: "rules/report.smk"
 
 

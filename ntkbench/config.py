@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,20 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
-__all__ = ["ConfigError", "load_schema", "validate_config", "load_config", "experiment_kglm"]
+__all__ = [
+    "ConfigError",
+    "load_schema",
+    "validate_config",
+    "load_config",
+    "experiment_kglm",
+    "experiment_seeds",
+    "modadd_experiment_config",
+    "modadd_min_top_k",
+    "is_prime",
+]
+
+# Result directories of the workflow that an experiment name must not take over.
+RESERVED_NAMES = ("logs", "benchmarks")
 
 
 class ConfigError(ValueError):
@@ -52,19 +67,162 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None
     Raises :class:`ConfigError` listing every problem as ``key.path: message``.
     """
     schema = load_schema() if schema is None else schema
+    if not isinstance(config, dict):
+        raise ConfigError(f"invalid configuration: expected a mapping of keys, got {type(config).__name__}")
     base = jsonschema.Draft202012Validator
-    errors = sorted(base(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = []
-        for err in errors:
-            msg = err.message
-            if err.validator == "additionalProperties":
-                msg = f"unknown key(s): {msg.split('(')[-1].rstrip(')')}"
-            lines.append(f"  {_key_path(err)}: {msg}")
+    # JSON schema's "number" admits .inf and .nan (YAML has both); no setting means either.
+    non_finite = _non_finite_numbers(config)
+    lines = [f"  {path}: {value!r} is not a finite number" for path, value in non_finite]
+    skip = {path for path, _ in non_finite}
+    for err in sorted(base(schema).iter_errors(config), key=lambda e: list(e.absolute_path)):
+        if _key_path(err) in skip:
+            continue  # already reported as non-finite
+        msg = err.message
+        if err.validator == "additionalProperties":
+            msg = f"unknown key(s): {msg.split('(')[-1].rstrip(')')}"
+        lines.append(f"  {_key_path(err)}: {msg}")
+    if lines:
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
     filled = copy.deepcopy(dict(config))
     _with_defaults(base)(schema).validate(filled)
+    # An experiment's kglm block overrides the global one key by key, so it keeps only the keys
+    # the user set: the schema's defaults there would silently undo the global settings.
+    for name, exp in (config.get("experiments") or {}).items():
+        if "kglm" in exp:
+            filled["experiments"][name]["kglm"] = copy.deepcopy(exp["kglm"])
+    lines = [f"  {line}" for line in _cross_checks(filled)]
+    if lines:
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
     return filled
+
+
+def _non_finite_numbers(value: Any, path: tuple[str, ...] = ()) -> list[tuple[str, float]]:
+    """(key path, value) of every NaN or infinite number anywhere in ``value``."""
+    if isinstance(value, dict):
+        return [hit for k, v in value.items() for hit in _non_finite_numbers(v, (*path, str(k)))]
+    if isinstance(value, (list, tuple)):
+        return [hit for i, v in enumerate(value) for hit in _non_finite_numbers(v, (*path, str(i)))]
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        return [(".".join(path) if path else "<top level>", float(value))]
+    return []
+
+
+def is_prime(n: int) -> bool:
+    """Trial division (moduli here are small)."""
+    if n < 2:
+        return False
+    return all(n % d for d in range(2, math.isqrt(n) + 1))
+
+
+def modadd_min_top_k(p: int) -> int:
+    """Eigenpairs the modular-addition report needs for modulus ``p``: the top mode, cliff 1 and
+    cliff 2 of 2(p−1) modes each (``ntkbench.spectral.modadd.expected_cliffs``) and one more
+    eigenvalue for the drop after cliff 2, i.e. 1 + 4(p−1) + 1 = 4p − 2."""
+    return 4 * p - 2
+
+
+def modadd_experiment_config(modadd_cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """Settings of one modular-addition experiment: the block's shared values, overridden by
+    the experiment's own entry (p, width, train_fraction, seeds, epochs, ...)."""
+    exps = modadd_cfg["experiments"]
+    if name not in exps:
+        raise KeyError(f"spectral.modadd.experiments has no experiment {name!r} (has {sorted(exps)})")
+    merged = {k: v for k, v in modadd_cfg.items() if k != "experiments"}
+    merged.update(exps[name] or {})
+    return merged
+
+
+def _cross_checks(cfg: dict[str, Any]) -> list[str]:
+    """What the schema cannot say: something to run, unique names, modular-addition relations."""
+    spectral = cfg.get("spectral") or {}
+    tasks = [t for t in ("tms", "modadd", "modadd_tf") if spectral.get(t) is not None]
+    if not cfg.get("experiments") and not tasks:
+        return ["<top level>: nothing to run: `experiments` is empty or absent and there is no "
+                "`spectral.tms` or `spectral.modadd` block; add an experiment or a spectral block"]
+    problems = []
+    owners: dict[str, list[str]] = {}
+    for name in cfg.get("experiments") or {}:
+        owners.setdefault(name, []).append(f"experiments.{name}")
+    if "tms" in tasks:
+        owners.setdefault(spectral["tms"]["experiment"], []).append("spectral.tms.experiment")
+    if "modadd" in tasks:
+        for name in spectral["modadd"]["experiments"]:
+            owners.setdefault(name, []).append(f"spectral.modadd.experiments.{name}")
+    if "modadd_tf" in tasks:
+        for name in spectral["modadd_tf"]["experiments"]:
+            owners.setdefault(name, []).append(f"spectral.modadd_tf.experiments.{name}")
+    for name, keys in owners.items():
+        if len(keys) > 1:
+            problems.append(f"{keys[0]}: the name {name!r} is also used by {', '.join(keys[1:])}; "
+                            f"each experiment writes to results/{name}/, so names must be unique")
+        if name in RESERVED_NAMES:
+            problems.append(f"{keys[0]}: {name!r} is reserved for results/{name}/; choose another name")
+    if "modadd" in tasks:
+        problems += _modadd_checks(spectral["modadd"])
+    if "modadd_tf" in tasks:
+        problems += _modadd_tf_checks(spectral["modadd_tf"])
+    kopts = cfg.get("kernel_options") or {}
+    if kopts.get("tile_size") is not None and kopts["tile_size"] % kopts["block_size"]:
+        problems.append(f"kernel_options.tile_size: {kopts['tile_size']} must be a multiple of kernel_options.block_size "
+                        f"({kopts['block_size']}), so that tiles hold whole blocks")
+    return problems
+
+
+def _modadd_checks(modadd: dict[str, Any]) -> list[str]:
+    problems = []
+    if not is_prime(modadd["p"]):
+        problems.append(f"spectral.modadd.p: {modadd['p']} is not a prime; the Fourier-family analysis "
+                        "of modular addition needs an odd prime modulus")
+    for name, own in modadd["experiments"].items():
+        cfg = modadd_experiment_config(modadd, name)
+        p = int(cfg["p"])
+        p_key = f"spectral.modadd.experiments.{name}.p" if "p" in (own or {}) else "spectral.modadd.p"
+        if not is_prime(p):
+            if p_key != "spectral.modadd.p":  # the shared p is reported once, above
+                problems.append(f"{p_key}: {p} is not a prime; the Fourier-family analysis of modular "
+                                "addition needs an odd prime modulus")
+            continue
+        n_train = int(p * p * cfg["train_fraction"])  # as ntkbench.data.modadd.make_modadd_data
+        if not 1 <= n_train < p * p:
+            key = ("experiments." + name + "." if "train_fraction" in (own or {}) else "") + "train_fraction"
+            problems.append(f"spectral.modadd.{key}: {cfg['train_fraction']} of the p² = {p * p} pairs of "
+                            f"experiment {name!r} leaves an empty training split")
+        need = modadd_min_top_k(p)
+        blocks = (f"the top mode, cliff 1 and cliff 2 of 2(p−1) = {2 * (p - 1)} modes each and the "
+                  "eigenvalue after cliff 2")
+        if need > p * p:
+            problems.append(f"{p_key}: p = {p} is too small: the report needs {blocks} ({need} modes), "
+                            f"but the class-averaged kernel has only p² = {p * p}; use p >= 5")
+            continue
+        if cfg["top_k"] < need:
+            problems.append(f"spectral.modadd.top_k: {cfg['top_k']} is too small for experiment {name!r} "
+                            f"(p = {p}): the report needs {blocks}, so top_k >= 4p − 2 = {need}")
+        vectors = cfg.get("store_vectors")
+        if vectors is not None and vectors < need - 1:
+            problems.append(f"spectral.modadd.store_vectors: {vectors} eigenvectors are too few for "
+                            f"experiment {name!r} (p = {p}): the cliff-2 overlaps and heatmaps need the "
+                            f"first 4p − 3 = {need - 1}; use null (4p + 4) or at least {need - 1}")
+    return problems
+
+
+def _modadd_tf_checks(block: dict[str, Any]) -> list[str]:
+    """The transformer block (issue 15): a prime p, d_model divisible by heads, a non-empty
+    split; no minimum top_k (its cliffs are detected, not expected at p-derived places)."""
+    problems = []
+    for name, own in block["experiments"].items():
+        cfg = modadd_experiment_config(block, name)
+        key = lambda k: f"spectral.modadd_tf.{'experiments.' + name + '.' if k in (own or {}) else ''}{k}"  # noqa: E731
+        p = int(cfg["p"])
+        if not is_prime(p):
+            problems.append(f"{key('p')}: {p} is not a prime; the Fourier-family analysis of modular addition "
+                            "needs an odd prime modulus")
+        if cfg["d_model"] % cfg["heads"]:
+            problems.append(f"{key('heads')}: d_model = {cfg['d_model']} of experiment {name!r} is not divisible "
+                            f"by heads = {cfg['heads']}")
+        if not 1 <= int(p * p * cfg["train_fraction"]) < p * p:
+            problems.append(f"{key('train_fraction')}: {cfg['train_fraction']} of the p² = {p * p} pairs of "
+                            f"experiment {name!r} leaves an empty split")
+    return problems
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -76,11 +234,18 @@ def load_config(path: str | Path) -> dict[str, Any]:
         return validate_config(yaml.safe_load(fh) or {})
 
 
+def _experiment(config: dict[str, Any], experiment: str) -> dict[str, Any]:
+    experiments = config.get("experiments") or {}
+    if experiment not in experiments:
+        raise KeyError(f"experiments has no experiment {experiment!r} (has {sorted(experiments)})")
+    return experiments[experiment]
+
+
 def experiment_kglm(config: dict[str, Any], experiment: str) -> dict[str, Any]:
     """kGLM settings of one experiment: the global ``kglm`` block, overridden per experiment."""
-    return {**config.get("kglm", {}), **config["experiments"][experiment].get("kglm", {})}
+    return {**config.get("kglm", {}), **_experiment(config, experiment).get("kglm", {})}
 
 
 def experiment_seeds(config: dict[str, Any], experiment: str) -> list[int]:
     """Training seeds of one experiment (its own ``seeds`` or the global list)."""
-    return list(config["experiments"][experiment].get("seeds", config["seeds"]))
+    return list(_experiment(config, experiment).get("seeds", config["seeds"]))

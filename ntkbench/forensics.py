@@ -17,20 +17,20 @@ classifies as the target class) per seed.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ntkbench.utils import atomic_path, atomic_write_text, get_logger
+from ntkbench.data import DataBundle
+from ntkbench.data.poison import POISONED_SPLIT
+from ntkbench.metrics import mean_sem, precision_recall
+from ntkbench.utils import get_logger
 
 log = get_logger(__name__)
 
 __all__ = [
-    "FORENSICS_DEFAULTS",
     "TABLE3_COLUMNS",
     "top_k_training_points",
     "poisoned_votes",
@@ -40,15 +40,10 @@ __all__ = [
     "attack_report",
     "kernel_forensics",
     "ForensicsResult",
-    "run_forensics",
+    "evaluate_forensics",
     "forensics_table",
-    "write_forensics_outputs",
 ]
 
-POISONED_SPLIT = "poisoned_test"
-# Config block ``forensics:`` of an experiment: keys and defaults (paper 001: top 5, vote 3/5).
-FORENSICS_DEFAULTS = {"top_k": 5, "min_poisoned": 3, "figure_examples": 3,
-                      "min_attack_success": 0.9, "min_clean_accuracy": 0.8}
 # Table 3's columns: (our name, kGLM report split, metric key in that split's report).
 FAITHFULNESS_COLUMNS = (("tau", "test", "tau"), ("tad", "test", "tad"), ("r_miss", "test", "r_miss"),
                         ("poi_tau", POISONED_SPLIT, "tau"), ("poi_tad", POISONED_SPLIT, "tad"),
@@ -111,8 +106,6 @@ def flag_precision_recall(flags_clean: np.ndarray, flags_poisoned: np.ndarray) -
 
     Precision is NaN when nothing at all is flagged (0/0).
     """
-    from ntkbench.metrics import precision_recall
-
     flags_clean = np.asarray(flags_clean, dtype=bool)
     flags_poisoned = np.asarray(flags_poisoned, dtype=bool)
     truth = np.concatenate([np.zeros(len(flags_clean), bool), np.ones(len(flags_poisoned), bool)])
@@ -176,43 +169,29 @@ def _choose_examples(true_y: np.ndarray, n: int) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
-def _load_kglm_report(path: str | Path) -> dict:
-    with open(path) as fh:
-        report = json.load(fh)
-    for split in ("test", POISONED_SPLIT):
-        if split not in report:
-            raise KeyError(f"{path}: kGLM report has no evaluation split {split!r} (has {sorted(report)}); "
-                           "is data.poison set for this experiment?")
-    return report
-
-
-def run_forensics(data_path: str | Path, seeds: Sequence[int], kernels: Sequence[str],
-                  logits_paths: Sequence[str | Path], kernel_paths: Mapping[tuple[int, str], str | Path],
-                  kglm_paths: Mapping[tuple[int, str], str | Path], top_k: int = 5, min_poisoned: int = 3,
-                  figure_examples: int = 3, min_attack_success: float = 0.9,
-                  min_clean_accuracy: float = 0.8) -> ForensicsResult:
+def evaluate_forensics(bundle: DataBundle, seeds: Sequence[int], kernels: Sequence[str],
+                       logits: Mapping[int, Mapping[str, np.ndarray]],
+                       load_kernels: Callable[[int, str], tuple[np.ndarray, np.ndarray]],
+                       kglm_reports: Mapping[tuple[int, str], Mapping], *, top_k: int, min_poisoned: int,
+                       figure_examples: int, min_attack_success: float,
+                       min_clean_accuracy: float) -> ForensicsResult:
     """The whole Table 3 computation for one experiment, over all its seeds and kernels.
 
-    ``logits_paths`` follow ``seeds``; ``kernel_paths``/``kglm_paths`` are keyed by
-    (seed, kernel). Kernels are read with :func:`ntkbench.store.read_kernel` (groups
-    ``test_train`` and ``poisoned_test_train``).
+    ``logits[seed]`` holds the network's ``test_logits`` and ``poisoned_test_logits``;
+    ``load_kernels(seed, kernel)`` returns its (clean test x train, poisoned test x train)
+    kernels, loaded one pair at a time so memory holds one kernel's blocks; ``kglm_reports``
+    are the surrogate stage's reports by (seed, kernel), for the faithfulness columns.
     """
-    from ntkbench.data import load_bundle
-    from ntkbench.store import read_kernel
-
-    bundle = load_bundle(data_path)
     if "poisoned_train_idx" not in bundle.extra or POISONED_SPLIT not in bundle.extra_splits:
-        raise ValueError(f"{data_path}: not a poisoned data bundle (set data.poison in the experiment)")
+        raise ValueError("forensics: not a poisoned data bundle (set data.poison in the experiment)")
     poisoned_idx = bundle.extra["poisoned_train_idx"]
     target = int(bundle.meta["poison"]["target"])
-    n_train, n_clean, n_poisoned = len(bundle.train), len(bundle.test), len(bundle.extra_splits[POISONED_SPLIT])
     example_rows = _choose_examples(bundle.extra["poisoned_test_true_y"], figure_examples)
     example_top_k: dict[str, np.ndarray] = {}
 
     attack_rows, rows = [], []
-    for seed, logits_path in zip(seeds, logits_paths, strict=True):
-        with np.load(logits_path) as npz:
-            report = attack_report(dict(npz), bundle.test.y.numpy(), target)
+    for seed in seeds:
+        report = attack_report(logits[seed], bundle.test.y.numpy(), target)
         ok = report["attack_success_rate"] >= min_attack_success and report["clean_acc"] >= min_clean_accuracy
         attack_rows.append({"seed": seed, **report, "attack_ok": ok})
         log.info("seed %d: clean accuracy %.4f, attack success rate %.4f", seed, report["clean_acc"],
@@ -224,14 +203,9 @@ def run_forensics(data_path: str | Path, seeds: Sequence[int], kernels: Sequence
                         "fraction", seed, report["attack_success_rate"], min_attack_success,
                         report["clean_acc"], min_clean_accuracy)
         for kernel in kernels:
-            clean_k = read_kernel(kernel_paths[(seed, kernel)], "test_train").kernel
-            poisoned_k = read_kernel(kernel_paths[(seed, kernel)], f"{POISONED_SPLIT}_train").kernel
-            for name, mat, n in (("test_train", clean_k, n_clean), (f"{POISONED_SPLIT}_train", poisoned_k, n_poisoned)):
-                if np.shape(mat) != (n, n_train):
-                    raise ValueError(f"{kernel_paths[(seed, kernel)]}: group {name} has shape {np.shape(mat)}, "
-                                     f"expected ({n}, {n_train}) for this data bundle")
+            clean_k, poisoned_k = load_kernels(seed, kernel)
             scores = kernel_forensics(clean_k, poisoned_k, poisoned_idx, top_k, min_poisoned)
-            kglm = _load_kglm_report(kglm_paths[(seed, kernel)])
+            kglm = kglm_reports[(seed, kernel)]
             row = {"seed": seed, "kernel": kernel, **scores}
             for column, split, key in FAITHFULNESS_COLUMNS:
                 row[column] = float(kglm[split].get(key, np.nan))
@@ -254,8 +228,6 @@ def run_forensics(data_path: str | Path, seeds: Sequence[int], kernels: Sequence
 def forensics_table(per_seed: pd.DataFrame, kernels: Sequence[str] | None = None) -> pd.DataFrame:
     """Table 3: per kernel the mean over seeds of each metric, its SEM (``<metric>_sem``,
     NaN with one seed) and the number of seeds. Rows follow ``kernels`` order."""
-    from ntkbench.metrics import mean_sem
-
     kernels = list(dict.fromkeys(per_seed["kernel"])) if kernels is None else list(kernels)
     rows = []
     for kernel in kernels:
@@ -269,29 +241,3 @@ def forensics_table(per_seed: pd.DataFrame, kernels: Sequence[str] | None = None
         row["n_seeds"] = len(sub)
         rows.append(row)
     return pd.DataFrame(rows, columns=[*TABLE3_COLUMNS, *(f"{m}_sem" for m in TABLE3_METRICS), "n_seeds"])
-
-
-def table_markdown(table: pd.DataFrame) -> str:
-    """Table 3 as Markdown, each value with its SEM in parenthesis notation, e.g. 0.643(12)."""
-    from ntkbench.tables import format_with_uncertainty
-
-    headers = ["Kernel", "Precision (%)", "Recall (%)", "τ_K", "TAD (%)", "R_miss",
-               "poi. τ_K", "poi. TAD (%)", "poi. R_miss"]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in table.to_dict("records"):
-        cells = [str(row["kernel"])] + [
-            format_with_uncertainty(row[m], row[f"{m}_sem"], signed=m.endswith("tad"),
-                                    decimals=2 if m in ("precision", "recall", "tad", "poi_tad") else 3)
-            for m in TABLE3_METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_forensics_outputs(result: ForensicsResult, out_table: str | Path, out_per_seed: str | Path,
-                            out_attack: str | Path, out_markdown: str | Path | None = None) -> None:
-    """Write Table 3 (CSV, optionally Markdown), the per-seed rows and the attack report atomically."""
-    for frame, path in ((result.table, out_table), (result.per_seed, out_per_seed), (result.attack, out_attack)):
-        with atomic_path(path) as tmp:
-            frame.to_csv(tmp, index=False)
-    if out_markdown is not None:
-        atomic_write_text(out_markdown, table_markdown(result.table))

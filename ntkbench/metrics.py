@@ -11,6 +11,20 @@ Conventions shared by every function here:
   Probabilities that saturate to exactly 1.0 (in float32 already for a logit of ~17)
   create ties, and the rank-based metrics (Kendall τ, Spearman) become meaningless on
   easy tasks; log-probabilities keep the ordering.
+
+Two Kendall τ are reported (SPEC §2):
+
+* ``tau`` (:func:`kendall_tau`) is τ_K as the reference code computed it, which produced the
+  published numbers: for a binary network (C = 1) it ranks the network's float32 class-1
+  probability σ(F(x)) against the kGLM's class-1 output, over the test points whose float32
+  probability is not exactly 0.0 or 1.0; for C ≥ 2 it ranks the true-class softmax
+  probabilities (through float64 log-softmax).
+* ``tau_true_class`` (:func:`kendall_tau_true_class`) ranks the true-class log-probabilities
+  (float64 log-sigmoid / log-softmax) of every test point, for every C. For C ≥ 2 it equals
+  ``tau``. For binary tasks it is stricter: it only ranks "how sure of the right class", while
+  the reference measure also ranks across the two classes (a point the network calls class 0
+  with 99% sits below one it calls class 1 with 51%). When both models are nearly certain
+  everywhere, the true-class ranks are mostly noise, so this τ is unstable on easy binary tasks.
 """
 
 from __future__ import annotations
@@ -30,6 +44,8 @@ __all__ = [
     "predicted_labels",
     "accuracy",
     "kendall_tau",
+    "kendall_tau_true_class",
+    "reference_tau_pair",
     "pearson",
     "spearman",
     "test_accuracy_differential",
@@ -47,6 +63,8 @@ FAITHFULNESS_KEYS: tuple[str, ...] = (
     "kglm_test_acc",
     "tad",
     "tau",
+    "tau_true_class",
+    "tau_n_used",
     "r_miss",
     "pearson",
     "spearman",
@@ -190,18 +208,56 @@ def _true_class_pair(
     raise ValueError(f"space must be 'log_proba' or 'proba', got {space!r}")
 
 
-def kendall_tau(nn_logits: ArrayLike, kglm_logits: ArrayLike, y: ArrayLike) -> float:
-    """τ_K: Kendall τ (``scipy.stats.kendalltau``, τ-b) between the true-class
-    log-probabilities of the network and of the surrogate, computed in float64.
-
-    Monotone in the true-class probability, so this is the paper's τ between softmax
-    probabilities, minus the spurious ties of saturated probabilities. NaN when fewer than
-    two rows or when either side is constant.
-    """
-    nn_lp, kglm_lp = _true_class_pair(nn_logits, kglm_logits, y)
-    if nn_lp.size < 2:
+def _kendall(a: NDArray, b: NDArray) -> float:
+    """scipy's τ-b, NaN (without a warning) for fewer than two points or a constant side."""
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
-    return float(stats.kendalltau(nn_lp, kglm_lp).statistic)
+    return float(stats.kendalltau(a, b).statistic)
+
+
+def reference_tau_pair(
+    nn_logits: ArrayLike, kglm_logits: ArrayLike, y: ArrayLike
+) -> tuple[NDArray, NDArray]:
+    """The two vectors the reference τ_K ranks against each other (after masking).
+
+    * Binary (``C == 1``): the network's class-1 probability ``σ(F(x))`` computed in float32
+      (as the reference code did, ``torch.sigmoid`` of the float32 network output) and the
+      kGLM's class-1 logit (float64; τ is rank-based and the logit is a monotone function of
+      the kGLM's class-1 probability). Test points whose float32 probability is exactly 0.0
+      or 1.0 are dropped — the reference's mask. The float32 probabilities keep their ties
+      (e.g. 0.99999994 for many points), as in the reference.
+    * ``C ≥ 2``: the true-class log-softmax probabilities of both, float64, no masking.
+
+    Returns ``(nn_side, kglm_side)``; their common length is the number of points used.
+    """
+    nn, kglm, labels = _paired_logits(nn_logits, kglm_logits, y)
+    if nn.shape[1] == 1:
+        prob32 = special.expit(nn[:, 0].astype(np.float32))
+        keep = (prob32 != np.float32(0.0)) & (prob32 != np.float32(1.0))
+        return prob32[keep], kglm[keep, 0]
+    return true_class_log_prob(nn, labels), true_class_log_prob(kglm, labels)
+
+
+def kendall_tau(nn_logits: ArrayLike, kglm_logits: ArrayLike, y: ArrayLike) -> float:
+    """τ_K as the reference code computed it (``tau``; see :func:`reference_tau_pair`).
+
+    Binary: Kendall τ-b between the network's float32 class-1 probability and the kGLM's
+    class-1 output, over the points whose float32 probability is not exactly 0 or 1.
+    Multi-class: τ-b between the true-class probabilities (float64 log-softmax).
+    NaN when fewer than two points remain or either side is constant.
+    """
+    return _kendall(*reference_tau_pair(nn_logits, kglm_logits, y))
+
+
+def kendall_tau_true_class(nn_logits: ArrayLike, kglm_logits: ArrayLike, y: ArrayLike) -> float:
+    """``tau_true_class``: Kendall τ-b between the true-class log-probabilities of the network
+    and of the surrogate, float64 log-sigmoid / log-softmax, every test point (no masking).
+
+    Monotone in the true-class probability, so this is the paper's text's "probability of the
+    correct class", without the spurious ties of saturated probabilities. Equals
+    :func:`kendall_tau` for C ≥ 2. NaN when fewer than two rows or when either side is constant.
+    """
+    return _kendall(*_true_class_pair(nn_logits, kglm_logits, y))
 
 
 def pearson(
@@ -471,22 +527,28 @@ def mean_sem(values: ArrayLike) -> tuple[float, float]:
 
 def faithfulness(
     nn_logits: ArrayLike, kglm_logits: ArrayLike, y: ArrayLike, seed: int = 0
-) -> dict[str, float]:
+) -> dict[str, float | int]:
     """All faithfulness metrics of one (network, surrogate) pair on one test set.
 
     Keys (:data:`FAITHFULNESS_KEYS`): ``nn_test_acc``, ``kglm_test_acc`` (percent),
-    ``tad`` (percent points), ``tau``, ``r_miss``, ``pearson``, ``spearman`` (both on
-    true-class log-probabilities), ``r2_linear``, ``r2_logistic``, ``r2_arctan``
-    (appendix L, random half split from ``seed``).
+    ``tad`` (percent points), ``tau`` (the reference τ_K, :func:`kendall_tau`),
+    ``tau_true_class`` (:func:`kendall_tau_true_class`), ``tau_n_used`` (int: test points
+    ``tau`` ranked — fewer than the test set for binary networks whose float32 probability
+    saturates to 0 or 1), ``r_miss``, ``pearson``, ``spearman`` (both on true-class
+    log-probabilities), ``r2_linear``, ``r2_logistic``, ``r2_arctan`` (appendix L, random half
+    split from ``seed``).
     """
     nn, kglm, labels = _paired_logits(nn_logits, kglm_logits, y)
     nn_acc, kglm_acc = accuracy(nn, labels), accuracy(kglm, labels)
     realisation = linear_realisation(kglm, nn, labels, seed=seed)
+    tau_nn, tau_kglm = reference_tau_pair(nn, kglm, labels)
     return {
         "nn_test_acc": nn_acc * 100.0,
         "kglm_test_acc": kglm_acc * 100.0,
         "tad": (kglm_acc - nn_acc) * 100.0,
-        "tau": kendall_tau(nn, kglm, labels),
+        "tau": _kendall(tau_nn, tau_kglm),
+        "tau_true_class": kendall_tau_true_class(nn, kglm, labels),
+        "tau_n_used": int(tau_nn.size),
         "r_miss": misclassification_coincidence(nn, kglm, labels),
         "pearson": pearson(nn, kglm, labels),
         "spearman": spearman(nn, kglm, labels),

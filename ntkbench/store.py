@@ -35,6 +35,8 @@ __all__ = [
     "open_kernel_group",
     "mark_done",
     "IncompatibleKernelFile",
+    "KernelCheckError",
+    "check_kernel",
 ]
 
 # Attributes that must match for a partial group to be resumed.
@@ -152,9 +154,22 @@ def mark_done(grp: h5py.Group, name: str, index: tuple[int, ...] | int) -> None:
     grp.file.flush()
 
 
+def _open_kernel_file(path: str | os.PathLike) -> h5py.File:
+    """Open ``path`` read-only; errors name the file (missing, not HDF5, unreadable)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"kernel file {path} does not exist")
+    if os.path.isdir(path) or not h5py.is_hdf5(path):
+        raise ValueError(f"{path} is not an HDF5 kernel file (no HDF5 signature); "
+                         "expected a file written by ntkbench.kernels.compute_to_hdf5")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path} cannot be read as an HDF5 kernel file (truncated or corrupt?): {err}") from err
+
+
 def list_kernel_groups(path: str | os.PathLike) -> list[str]:
     """Names of the kernel groups in a file."""
-    with h5py.File(path, "r") as f:
+    with _open_kernel_file(path) as f:
         return [name for name, obj in f.items() if isinstance(obj, h5py.Group) and "kernel" in obj]
 
 
@@ -164,10 +179,14 @@ def read_kernel(path: str | os.PathLike, group: str = "kernel", allow_incomplete
     JSON-valued attributes (options, user attrs) are decoded. An unfinished group raises
     unless ``allow_incomplete``.
     """
-    with h5py.File(path, "r") as f:
+    with _open_kernel_file(path) as f:
         if group not in f:
             raise KeyError(f"{path} has no kernel group {group!r}; groups: {[k for k in f.keys()]}")
         grp = f[group]
+        missing = [d for d in ("kernel", "diag_x", "diag_y") if not isinstance(grp, h5py.Group) or d not in grp]
+        if missing:
+            raise ValueError(f"{path}:{group} is not a kernel group written by compute_to_hdf5 "
+                             f"(no {', '.join(missing)})")
         attrs: dict[str, Any] = {}
         for key, value in grp.attrs.items():
             value = _decode(value)
@@ -179,4 +198,84 @@ def read_kernel(path: str | os.PathLike, group: str = "kernel", allow_incomplete
             attrs[key] = value
         if not attrs.get("complete", False) and not allow_incomplete:
             raise ValueError(f"{path}:{group} is incomplete (an interrupted computation); resume it first")
-        return KernelRecord(grp["kernel"][...], grp["diag_x"][...], grp["diag_y"][...], attrs)
+        try:
+            return KernelRecord(grp["kernel"][...], grp["diag_x"][...], grp["diag_y"][...], attrs)
+        except OSError as err:
+            raise ValueError(f"{path}:{group}: the kernel data cannot be read (truncated or corrupt?): {err}") from err
+
+
+class KernelCheckError(ValueError):
+    """A kernel file is not what the reading stage expects; the message names the file."""
+
+
+def check_kernel(path: str | os.PathLike, group: str, expected: Mapping[str, Any], *,
+                 normalised: bool, symmetric: bool, atol: float = 1e-5, block: int = 4096) -> None:
+    """Check kernel ``group`` of ``path`` before anything consumes it; memory bounded by ``block``.
+
+    ``expected`` maps attribute names (``kind``, ``identity_options``, ``model_fingerprint``,
+    ``data_fingerprint_x``, ``data_fingerprint_y``, ...) to the values the reading stage
+    expects; every one must match, and the group must be complete. The values must be finite;
+    ``symmetric`` kernels (train x train) must equal their transpose; ``normalised`` ones must
+    have |k| <= 1 (up to ``atol``), and a unit diagonal when symmetric. Raises
+    :class:`KernelCheckError` naming the file, the group and what differs.
+    """
+    where = f"{path}:{group}"
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise KernelCheckError(f"{path}: not a readable HDF5 kernel file ({err})") from err
+    with f:
+        if group not in f or not isinstance(f[group], h5py.Group) or "kernel" not in f[group]:
+            raise KernelCheckError(f"{path} has no kernel group {group!r}; groups: {sorted(f.keys())}")
+        grp = f[group]
+        attrs = {key: grp.attrs.get(key) for key in expected}
+        diffs = [f"{key}: file has {_normal(attrs[key])!r}, expected {_normal(_attr_value(value))!r}"
+                 for key, value in expected.items() if _normal(attrs[key]) != _normal(_attr_value(value))]
+        if not bool(_decode(grp.attrs.get("complete", False))):
+            diffs.append("the computation did not finish (complete = False)")
+        if diffs:
+            raise KernelCheckError(f"{where} is not the kernel this stage needs: " + "; ".join(diffs)
+                                   + ". Delete the file so that it is recomputed.")
+        ds = grp["kernel"]
+        n, m = ds.shape[:2]
+        if symmetric and n != m:
+            raise KernelCheckError(f"{where}: a train x train kernel must be square, has shape {ds.shape}")
+        for r0 in range(0, n, block):
+            rows = ds[r0 : r0 + block]
+            bad = ~np.isfinite(rows)
+            if bad.any():
+                at = np.argwhere(bad)[0]
+                at[0] += r0
+                raise KernelCheckError(f"{where}: {int(bad.sum())} non-finite value(s) in rows {r0}-{r0 + len(rows) - 1}, "
+                                       f"first at {at.tolist()}")
+            if normalised:
+                peak = float(np.abs(rows).max()) if rows.size else 0.0
+                if peak > 1 + atol:
+                    raise KernelCheckError(f"{where}: a normalised kernel has |k| = {peak:.6g} > 1 in rows "
+                                           f"{r0}-{r0 + len(rows) - 1}")
+            if symmetric:
+                for c0 in range(0, r0 + len(rows), block):
+                    a = rows[:, c0 : c0 + block]
+                    b = ds[c0 : c0 + block, r0 : r0 + len(rows)]
+                    bt = b.transpose(1, 0, 3, 2) if b.ndim == 4 else b.T
+                    scale = max(1.0, float(np.abs(a).max()) if a.size else 0.0)
+                    if a.size and float(np.abs(a - bt).max()) > atol * scale:
+                        raise KernelCheckError(f"{where}: not symmetric (max |K - K^T| = {float(np.abs(a - bt).max()):.3g} "
+                                               f"in rows {r0}-{r0 + len(rows) - 1}, columns {c0}-{c0 + a.shape[1] - 1})")
+                if normalised:
+                    diag = np.diagonal(rows[:, r0 : r0 + len(rows)], 0, 0, 1)
+                    off = float(np.abs(diag - 1).max()) if diag.size else 0.0
+                    if off > atol:
+                        raise KernelCheckError(f"{where}: a normalised kernel's diagonal is not 1 "
+                                               f"(max |k(x,x) - 1| = {off:.3g})")
+
+
+def _normal(value: Any) -> Any:
+    """Attributes compared as the JSON-decoded values, so key order and bytes/str never matter."""
+    value = _decode(value)
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value

@@ -1,15 +1,30 @@
 """Kernel generalised linear model (kGLM) surrogate and its data attribution (paper 001, §2).
 
 ``kGLM(x) = W κ(x, X) + b``: a linear model whose features are the kernel values between
-``x`` and the ``N`` training points, fitted with ``sklearn.linear_model.SGDClassifier``
-(``loss="log_loss"``, ``penalty="l2"``), as in the paper's original code. Because the model
-is linear in the kernel row, each training point's share of a logit is explicit
-(eq. 3): ``A(x, x_i)^c = W_{c,i} κ(x, x_i) + b_c / N`` and ``Σ_i A(x, x_i)^c = kGLM(x)^c``.
+``x`` and the ``N`` training points. Because the model is linear in the kernel row, each
+training point's share of a logit is explicit (eq. 3):
+``A(x, x_i)^c = W_{c,i} κ(x, x_i) + b_c / N`` and ``Σ_i A(x, x_i)^c = kGLM(x)^c``.
+
+Two solvers of the same L2-regularised log-loss objective (``solver``)::
+
+    E(W, b) = (1/N) Σ_i s_i · logloss(y_i, W κ(x_i, X) + b) + (alpha/2) ‖W‖²_F
+
+with ``s_i`` the class weight of ``y_i`` (``"balanced"``: ``N / (n_classes · n_{y_i})``)
+times the sample weight; the intercept is not penalised.
+
+* ``"sgd"``: ``sklearn.linear_model.SGDClassifier(loss="log_loss", penalty="l2")``, as in the
+  paper's original code. Multi-class problems are fitted one-vs-rest; the ``C`` scores are
+  used as the kGLM logits and turned into probabilities with a softmax, as the paper does.
+  :data:`PAPER_SGD_SETTINGS` / :meth:`KernelGLM.paper_settings` are the original code's exact
+  settings (sklearn's defaults: ``tol=1e-3``, ``max_iter=1000``, last iterate).
+* ``"lbfgs"``: the exact minimiser of ``E`` by L-BFGS in float64, deterministic (no seed):
+  binary (one logit) for two classes and multinomial (softmax) for ``C ≥ 3`` — the same
+  optimum as ``sklearn.linear_model.LogisticRegression(C=1/(alpha·N), class_weight=...)``.
+  For ``C ≥ 3`` this is the multinomial objective, not SGD's one-vs-rest one.
 
 Logit convention (the same as the network's, see :mod:`ntkbench.metrics`): a binary problem
 gives ``(M, 1)`` logits of class 1 (sigmoid), ``C ≥ 3`` classes give ``(M, C)`` logits
-(softmax). SGDClassifier fits multi-class problems one-vs-rest; its ``C`` scores are used as
-the kGLM logits and turned into probabilities with a softmax, as the paper does.
+(softmax).
 
 Targets: :meth:`KernelGLM.fit` takes whatever labels it is given. The paper's default is the
 true training labels; to fit a "student" of the network (appendix I) pass the network's
@@ -21,19 +36,66 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import special
+from scipy import optimize, special
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import ThreadpoolController
 
 from ntkbench.metrics import predicted_labels, true_class_log_prob
 
-__all__ = ["KernelGLM"]
+__all__ = ["KernelGLM", "SOLVERS", "PAPER_SGD_SETTINGS", "DEFAULT_VARIANT", "kglm_objective",
+           "kglm_variants"]
+
+#: kGLM solvers (config ``kglm.solver``).
+SOLVERS = ("sgd", "lbfgs")
+
+#: The original code's SGDClassifier settings beyond loss/penalty/alpha/class_weight: sklearn's
+#: defaults (``SGDClassifier(loss="log_loss", penalty="l2", alpha=1e-4,
+#: class_weight="balanced")``): at most 1000 epochs, stop when the loss has not improved by
+#: ``tol`` for 5 epochs (``n_iter_no_change``, the constructor's default), the last iterate
+#: (no averaging), the "optimal" learning rate. As config values: ``kglm: {solver: sgd,
+#: max_iter: 1000, tol: 1.0e-3, average: false, learning_rate: optimal}``.
+PAPER_SGD_SETTINGS: dict[str, Any] = {
+    "solver": "sgd", "max_iter": 1000, "tol": 1e-3, "average": False, "learning_rate": "optimal",
+}
+
+#: Name of the kGLM a config ``kglm`` block describes without any variant override.
+DEFAULT_VARIANT = "default"
+
+
+def kglm_variants(kglm_cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every kGLM a (merged, validated) config ``kglm`` block asks for, by variant name.
+
+    ``{"default": <the block without "variants">, <name>: <that with the variant's
+    overrides>, ...}``; each value is ready for :meth:`KernelGLM.from_config` (plus its
+    ``target``). E.g. ``variants: {student: {target: predictions}}`` adds a kGLM fitted to the
+    network's predictions (Table 5) on the same kernels.
+    """
+    base = {k: v for k, v in kglm_cfg.items() if k != "variants"}
+    variants = {DEFAULT_VARIANT: base}
+    for name, override in (kglm_cfg.get("variants") or {}).items():
+        if name == DEFAULT_VARIANT:
+            raise ValueError(f"kglm.variants: {DEFAULT_VARIANT!r} names the settings without "
+                             "overrides; pick another variant name")
+        if "variants" in override:
+            raise ValueError(f"kglm.variants.{name}: variants cannot be nested")
+        variants[name] = {**base, **override}
+    return variants
+
+
+# L-BFGS stopping rule (:func:`_lbfgs`): the largest gradient component of E below LBFGS_GTOL,
+# or no relative decrease of E above LBFGS_FTOL; at most LBFGS_MAX_ITER iterations (a warning
+# otherwise).
+LBFGS_GTOL = 1e-9
+LBFGS_FTOL = 1e-15
+LBFGS_MAX_ITER = 20000
 
 
 def _as_kernel(kernel: ArrayLike, name: str) -> NDArray[np.float64]:
@@ -46,6 +108,133 @@ def _as_kernel(kernel: ArrayLike, name: str) -> NDArray[np.float64]:
     return array
 
 
+def kglm_objective(
+    features: NDArray[np.float64], labels: NDArray[np.int64], weights: NDArray[np.float64],
+    alpha: float, coef: NDArray[np.float64], intercept: NDArray[np.float64],
+) -> tuple[float, NDArray[np.float64]]:
+    """``E(W, b)`` of both solvers and its gradient ``[∂E/∂W | ∂E/∂b]`` (shape ``(C_out, N + 1)``).
+
+    ``E = (1/N) Σ_i s_i ℓ_i + (alpha/2) ‖W‖²`` with ``s_i = weights[i]``; ``ℓ_i`` is the
+    binary log-loss of the class-1 logit when ``coef`` has one row, else the softmax
+    cross-entropy. ``N`` is the number of rows of ``features`` (SGDClassifier's and
+    ``LogisticRegression(C=1/(alpha·N))``'s normalisation). float64 throughout.
+    """
+    n_samples = features.shape[0]
+    logits = features @ coef.T + intercept
+    if coef.shape[0] == 1:
+        z = logits[:, 0]
+        target = labels.astype(np.float64)
+        losses = np.logaddexp(0.0, z) - target * z
+        residual = (weights * (special.expit(z) - target) / n_samples)[:, None]
+    else:
+        log_p = special.log_softmax(logits, axis=1)
+        rows = np.arange(n_samples)
+        losses = -log_p[rows, labels]
+        residual = np.exp(log_p)
+        residual[rows, labels] -= 1.0
+        residual *= (weights / n_samples)[:, None]
+    value = float(np.dot(weights, losses) / n_samples + 0.5 * alpha * np.sum(coef * coef))
+    grad_coef = (features.T @ residual).T + alpha * coef
+    grad_intercept = residual.sum(axis=0)
+    return value, np.concatenate([grad_coef, grad_intercept[:, None]], axis=1)
+
+
+def _lbfgs(fun: Any, x0: NDArray[np.float64], memory: int = 20
+           ) -> tuple[NDArray[np.float64], int, float, bool]:
+    """Minimise a smooth convex ``fun(x) -> (value, gradient)`` by L-BFGS (two-loop recursion,
+    strong-Wolfe line search), deterministic.
+
+    Stops when the largest gradient component is at most :data:`LBFGS_GTOL`, or when an
+    iteration lowers the value by at most :data:`LBFGS_FTOL` relative (the float64 precision
+    limit), or after :data:`LBFGS_MAX_ITER` iterations. Returns ``(x, iterations,
+    largest gradient component, converged)``; ``converged`` is False only when the iteration
+    budget ran out. (scipy's L-BFGS-B spends ~0.1 s per iteration on its own bookkeeping for
+    10⁴ variables, more than the kernel products here, hence this small implementation.)
+    """
+    # The vector bookkeeping runs with one BLAS thread: multi-threaded dot products of 10⁴
+    # entries take milliseconds instead of microseconds when the cores are busy. The kernel
+    # products in `fun` keep the BLAS's own thread count.
+    controller = _blas_controller()
+    blas_threads = max([i["num_threads"] for i in controller.info() if i["user_api"] == "blas"],
+                       default=1)
+    cache: dict[str, Any] = {}
+
+    def evaluate(x: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+        if cache.get("x") is None or not np.array_equal(cache["x"], x):
+            with controller.limit(limits=blas_threads, user_api="blas"):
+                value, grad = fun(x)
+            cache.update(x=x.copy(), value=value, grad=grad)
+        return cache["value"], cache["grad"]
+
+    with controller.limit(limits=1, user_api="blas"):
+        return _lbfgs_loop(evaluate, np.array(x0, dtype=np.float64), memory)
+
+
+_CONTROLLER: ThreadpoolController | None = None
+
+
+def _blas_controller() -> ThreadpoolController:
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
+
+
+def _lbfgs_loop(evaluate: Any, x: NDArray[np.float64], memory: int
+                ) -> tuple[NDArray[np.float64], int, float, bool]:
+    """The iterations of :func:`_lbfgs`; ``evaluate`` caches its last point."""
+    value, grad = evaluate(x)
+    pairs: list[tuple[NDArray[np.float64], NDArray[np.float64], float]] = []
+    previous_value = None
+    for iteration in range(LBFGS_MAX_ITER):
+        grad_max = float(np.max(np.abs(grad)))
+        if grad_max <= LBFGS_GTOL:
+            return x, iteration, grad_max, True
+        # Two-loop recursion: direction = −H·grad with the last `memory` curvature pairs.
+        q = grad.copy()
+        coefficients = []
+        for s_k, y_k, rho in reversed(pairs):
+            a = rho * float(s_k @ q)
+            q -= a * y_k
+            coefficients.append(a)
+        if pairs:
+            s_k, y_k, _ = pairs[-1]
+            q *= float(s_k @ y_k) / float(y_k @ y_k)
+        else:
+            q /= max(1.0, float(np.linalg.norm(grad)))
+        for (s_k, y_k, rho), a in zip(pairs, reversed(coefficients)):
+            q += (a - rho * float(y_k @ q)) * s_k
+        direction = -q
+        slope = float(grad @ direction)
+        if slope >= 0:  # not a descent direction (rounding): restart from steepest descent
+            pairs.clear()
+            direction = -grad / max(1.0, float(np.linalg.norm(grad)))
+            slope = float(grad @ direction)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # scipy's LineSearchWarning: handled below
+            step, *_ = optimize.line_search(
+                lambda z: evaluate(z)[0], lambda z: evaluate(z)[1], x, direction, grad, value,
+                previous_value, c1=1e-4, c2=0.9, maxiter=50)
+        if step is None:
+            if pairs:  # retry once without the curvature memory
+                pairs.clear()
+                continue
+            return x, iteration, grad_max, True  # no further decrease possible in float64
+        new_x = x + step * direction
+        new_value, new_grad = evaluate(new_x)
+        s_k, y_k = new_x - x, new_grad - grad
+        curvature = float(s_k @ y_k)
+        if curvature > 1e-12 * float(y_k @ y_k):
+            pairs.append((s_k, y_k, 1.0 / curvature))
+            if len(pairs) > memory:
+                pairs.pop(0)
+        decrease = value - new_value
+        previous_value, x, value, grad = value, new_x, new_value, new_grad
+        if 0 <= decrease <= LBFGS_FTOL * max(abs(value), abs(previous_value), 1.0):
+            return x, iteration + 1, float(np.max(np.abs(grad))), True
+    return x, LBFGS_MAX_ITER, float(np.max(np.abs(grad))), False
+
+
 class KernelGLM(ClassifierMixin, BaseEstimator):
     """kGLM surrogate fitted on precomputed kernels, scikit-learn estimator style.
 
@@ -55,10 +244,16 @@ class KernelGLM(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     alpha:
-        L2 strength of SGDClassifier (objective ``mean log-loss + alpha/2 ‖W‖²``).
+        L2 strength (objective ``mean weighted log-loss + alpha/2 ‖W‖²``, both solvers).
         Original code: 1e-4 for small models and ResNet18, 1e-2 for BERT and the poisoned CNN.
     class_weight:
         ``"balanced"`` (paper), ``None``, or a dict ``{class: weight}``.
+    solver:
+        ``"sgd"`` (SGDClassifier, the paper's) or ``"lbfgs"`` (the exact optimum of the same
+        objective, multinomial for ``C ≥ 3``; deterministic). The options ``max_iter``,
+        ``tol``, ``average``, ``learning_rate``, ``eta0``, ``power_t``, ``n_iter_no_change``,
+        ``seed`` and ``n_jobs`` belong to SGD and are ignored by ``"lbfgs"``, which runs to
+        a gradient below ``LBFGS_GTOL`` (see :meth:`describe`).
     max_iter:
         Epochs over the training set. With ``tol=None`` every epoch runs, which the
         averaging schedule below relies on.
@@ -112,13 +307,22 @@ class KernelGLM(ClassifierMixin, BaseEstimator):
     kernel_scale_ : float
         Scale actually divided out during fitting (1.0 when ``kernel_scale`` is None).
     sgd_ : SGDClassifier
-        The fitted sklearn estimator (on the scaled kernel).
+        The fitted sklearn estimator (on the scaled kernel); ``solver="sgd"`` only.
+    objective_ : float
+        ``E(W, b)`` at the returned weights (both solvers), on the kernel passed to ``fit``
+        (scaled by ``kernel_scale_``), so SGD's distance from the optimum can be read off.
+    grad_max_ : float
+        Largest absolute component of the gradient of ``E`` at the returned weights.
+    converged_ : bool
+        L-BFGS met its tolerance / SGD stopped before ``max_iter`` (always False with
+        ``tol=None``, which runs every epoch by design).
     """
 
     def __init__(
         self,
         alpha: float = 1e-4,
         class_weight: Literal["balanced"] | dict[int, float] | None = "balanced",
+        solver: Literal["sgd", "lbfgs"] = "sgd",
         max_iter: int = 300,
         tol: float | None = None,
         average: bool | float = 0.5,
@@ -133,6 +337,7 @@ class KernelGLM(ClassifierMixin, BaseEstimator):
     ) -> None:
         self.alpha = alpha
         self.class_weight = class_weight
+        self.solver = solver
         self.max_iter = max_iter
         self.tol = tol
         self.average = average
@@ -147,10 +352,47 @@ class KernelGLM(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def paper_settings(cls, alpha: float = 1e-4, seed: int = 0) -> "KernelGLM":
-        """The original code's configuration: SGDClassifier defaults (``max_iter=1000``,
-        ``tol=1e-3``, no averaging), ``class_weight="balanced"``."""
-        return cls(alpha=alpha, class_weight="balanced", max_iter=1000, tol=1e-3, average=False,
-                   seed=seed)
+        """The original code's configuration (:data:`PAPER_SGD_SETTINGS`): SGDClassifier with
+        sklearn's defaults (``max_iter=1000``, ``tol=1e-3``, no averaging),
+        ``class_weight="balanced"``."""
+        return cls(alpha=alpha, class_weight="balanced", seed=seed, **PAPER_SGD_SETTINGS)
+
+    @classmethod
+    def from_config(cls, kglm_cfg: dict[str, Any], **overrides: Any) -> "KernelGLM":
+        """An unfitted kGLM from a validated config ``kglm`` block (or one entry of
+        :func:`kglm_variants`).
+
+        ``target`` (which labels to fit: a choice of the caller) and ``variants`` (further
+        kGLMs, see :func:`kglm_variants`) are left out; every other key is a constructor
+        argument, so an unknown key is an error. Keys the schema gives no default for fall
+        back to the constructor's defaults. ``overrides`` win over the block.
+        """
+        params = {k: v for k, v in kglm_cfg.items() if k not in ("target", "variants")}
+        params.update(overrides)
+        return cls(**params)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description of the fit that produced the numbers: solver, alpha,
+        class_weight, kernel scale and the solver's own settings and convergence.
+
+        Before ``fit`` only the settings are given."""
+        info: dict[str, Any] = {"solver": self.solver, "alpha": float(self.alpha),
+                                "class_weight": self.class_weight}
+        if self.solver == "sgd":
+            info.update(max_iter=self.max_iter, tol=self.tol, average=self.average,
+                        learning_rate=self.learning_rate, seed=self.seed)
+            if self.learning_rate != "optimal":
+                info.update(eta0=self.eta0, power_t=self.power_t)
+            if self.tol is not None:
+                info["n_iter_no_change"] = self.n_iter_no_change
+        else:
+            info.update(gtol=LBFGS_GTOL, ftol=LBFGS_FTOL, max_iter=LBFGS_MAX_ITER)
+        info["kernel_scale"] = self.kernel_scale
+        if hasattr(self, "coef_"):
+            info.update(kernel_scale_used=float(self.kernel_scale_), n_iter=int(self.n_iter_),
+                        converged=bool(self.converged_), objective=float(self.objective_),
+                        grad_max=float(self.grad_max_))
+        return info
 
     # ------------------------------------------------------------------ fitting
 
@@ -221,11 +463,60 @@ class KernelGLM(ClassifierMixin, BaseEstimator):
             )
         if n_classes < 2:
             raise ValueError("y has a single class; a classifier needs at least two")
-        if not (isinstance(self.max_iter, numbers.Integral) and self.max_iter >= 1):
+
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        alpha = float(self.alpha)
+        if not (alpha > 0 and math.isfinite(alpha)):
+            raise ValueError(f"alpha must be positive and finite, got {self.alpha!r}")
+        if self.solver == "sgd" and not (isinstance(self.max_iter, numbers.Integral)
+                                         and self.max_iter >= 1):
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
 
         scale = self._resolve_scale(kernel)
         features = kernel / scale if scale != 1.0 else kernel
+        weights = self._sample_weights(labels, n_classes, sample_weight)
+        if self.solver == "sgd":
+            coef, intercept = self._fit_sgd(features, labels, sample_weight)
+        else:
+            coef, intercept = self._fit_lbfgs(features, labels, n_classes, weights)
+
+        self.kernel_scale_ = scale
+        self.classes_ = np.arange(n_classes)
+        self.n_features_in_ = kernel.shape[1]
+        if not (np.all(np.isfinite(coef)) and np.all(np.isfinite(intercept))):
+            raise FloatingPointError(
+                f"{self.solver} fit diverged (non-finite weights); lower the learning rate or pass "
+                "kernel_scale='auto' for an unnormalised kernel"
+            )
+        self.objective_, grad = kglm_objective(features, labels, weights, alpha, coef, intercept)
+        self.grad_max_ = float(np.max(np.abs(grad)))
+        self.coef_ = coef / scale
+        self.intercept_ = intercept
+        return self
+
+    def _sample_weights(self, labels: NDArray[np.int64], n_classes: int,
+                        sample_weight: ArrayLike | None) -> NDArray[np.float64]:
+        """``s_i``: class weight of ``y_i`` times the sample weight (sklearn's semantics)."""
+        if self.class_weight is None:
+            per_class = np.ones(n_classes)
+        elif isinstance(self.class_weight, str):
+            if self.class_weight != "balanced":
+                raise ValueError(f"class_weight must be 'balanced', None or a dict, "
+                                 f"got {self.class_weight!r}")
+            per_class = compute_class_weight("balanced", classes=np.arange(n_classes), y=labels)
+        else:
+            per_class = np.array([float(self.class_weight.get(c, 1.0)) for c in range(n_classes)])
+        weights = per_class[labels].astype(np.float64)
+        if sample_weight is not None:
+            extra = np.asarray(sample_weight, dtype=np.float64)
+            if extra.shape != labels.shape:
+                raise ValueError(f"sample_weight must have shape {labels.shape}, got {extra.shape}")
+            weights = weights * extra
+        return weights
+
+    def _fit_sgd(self, features: NDArray[np.float64], labels: NDArray[np.int64],
+                 sample_weight: ArrayLike | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         sgd = SGDClassifier(
             loss="log_loss",
             penalty="l2",
@@ -233,7 +524,7 @@ class KernelGLM(ClassifierMixin, BaseEstimator):
             class_weight=self.class_weight,
             max_iter=self.max_iter,
             tol=self.tol,
-            average=self._sklearn_average(kernel.shape[0]),
+            average=self._sklearn_average(features.shape[0]),
             learning_rate=self.learning_rate,
             eta0=self.eta0,
             power_t=self.power_t,
@@ -246,20 +537,44 @@ class KernelGLM(ClassifierMixin, BaseEstimator):
             # With tol set, hitting max_iter is the expected outcome of a fixed budget.
             warnings.simplefilter("ignore", ConvergenceWarning)
             sgd.fit(features, labels, sample_weight=sample_weight)
-
         self.sgd_ = sgd
-        self.kernel_scale_ = scale
-        self.classes_ = np.arange(n_classes)
-        self.n_features_in_ = kernel.shape[1]
-        self.coef_ = np.asarray(sgd.coef_, dtype=np.float64) / scale
-        self.intercept_ = np.asarray(sgd.intercept_, dtype=np.float64).copy()
         self.n_iter_ = int(np.max(sgd.n_iter_))
-        if not (np.all(np.isfinite(self.coef_)) and np.all(np.isfinite(self.intercept_))):
-            raise FloatingPointError(
-                "SGD diverged (non-finite weights); lower the learning rate or pass "
-                "kernel_scale='auto' for an unnormalised kernel"
-            )
-        return self
+        self.converged_ = self.tol is not None and self.n_iter_ < self.max_iter
+        return (np.asarray(sgd.coef_, dtype=np.float64).copy(),
+                np.asarray(sgd.intercept_, dtype=np.float64).copy())
+
+    def _fit_lbfgs(self, features: NDArray[np.float64], labels: NDArray[np.int64], n_classes: int,
+                   weights: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Minimise :func:`kglm_objective` from zero weights with scipy's L-BFGS-B."""
+        n_out = 1 if n_classes == 2 else n_classes
+        n_feat = features.shape[1]
+        alpha = float(self.alpha)
+
+        # Optimise over (W, b' = b + W μ) with μ the column means of the features: the same
+        # objective (b is not penalised, so this is a bijection that leaves E unchanged), but
+        # the large common component of the kernel rows no longer couples W with b, which
+        # would otherwise make L-BFGS crawl.
+        mu = features.mean(axis=0)
+
+        def unpack(x: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+            coef = x[: n_out * n_feat].reshape(n_out, n_feat)
+            return coef, x[n_out * n_feat:] - coef @ mu
+
+        def fun(x: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+            coef, intercept = unpack(x)
+            value, grad = kglm_objective(features, labels, weights, alpha, coef, intercept)
+            grad_coef = grad[:, :-1] - np.outer(grad[:, -1], mu)  # chain rule through b
+            return value, np.concatenate([grad_coef.ravel(), grad[:, -1]])  # x's layout
+
+        x, n_iter, grad_max, converged = _lbfgs(fun, np.zeros(n_out * (n_feat + 1)))
+        self.n_iter_ = n_iter
+        self.converged_ = converged
+        if not converged:
+            warnings.warn(f"kGLM L-BFGS stopped after {n_iter} iterations with a largest gradient "
+                          f"component of {grad_max:.2e} (tolerance {LBFGS_GTOL:g})",
+                          ConvergenceWarning, stacklevel=3)
+        coef, intercept = unpack(x)
+        return coef.copy(), intercept.copy()
 
     # ------------------------------------------------------------------ prediction
 

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -26,17 +27,30 @@ __all__ = [
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
-    """Turn a config device string into a torch.device.
+    """Turn a config device string into a usable torch.device.
 
     ``"auto"`` (or None) picks CUDA when it is available, else CPU, so one config runs on a
-    laptop and on a GPU node unchanged.
+    laptop and on a GPU node unchanged. Raises ValueError naming the device for an invalid
+    name, CUDA / MPS where it is not available, a CUDA index that does not exist, or ``meta``
+    (which holds shapes, not values).
     """
     if spec is None or spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available on this machine")
-    return device
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"device {spec!r} is not a valid torch device: {err}") from err
+    if dev.type == "meta":
+        raise ValueError(f"device {str(dev)!r} holds no values, so nothing can be computed there; use 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(dev)!r} requested but CUDA is not available on this machine; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(dev)!r} does not exist: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {str(dev)!r} requested but MPS is not available on this machine; use 'cpu'")
+    return dev
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -51,6 +65,20 @@ def seed_everything(seed: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(seed)
     return gen
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (the only portable way to read it)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -69,6 +97,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file() and not tmp_path.is_symlink():
+            # mkstemp creates 0600 whatever the umask; give the result the mode any other
+            # new file gets (0666 & ~umask), so collaborators can read shared results.
+            os.chmod(tmp_path, 0o666 & ~_current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -118,8 +150,6 @@ def setup_logging(log_path: str | os.PathLike | None, threads: int | None = None
     Returns the root logger. Uncaught exceptions end up in the log too, so a failed job's log
     says why it failed.
     """
-    import sys
-
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,15 @@
 # Shared helpers for every stage: validated config, result paths, code fingerprints, resources.
+# Only torch-free modules are imported here, so parsing the Snakefile stays fast.
 from pathlib import Path
 
-from ntkbench.config import validate_config
-from ntkbench.utils import code_fingerprint
+from ntkbench.config import experiment_seeds, validate_config
+from ntkbench.provenance import code_fingerprint
 
-# Stop at once, naming the offending key, when the config is wrong (also fills defaults).
+# Stop at once, naming the offending key, when the config is wrong (also fills the schema's defaults).
 config = validate_config(config)
 
 RESULTS = "results"
-SEEDS = list(config["seeds"])
+CAPTIONS = "../report/captions"  # relative to the rules/ files, for report(caption=...)
 EXPERIMENTS = config["experiments"]
 ALL_TARGETS = []  # each stage appends the files `rule all` must produce
 
@@ -18,15 +19,40 @@ wildcard_constraints:
     kernel="[a-z0-9-]+",
 
 
-def code_version(*paths):
-    """Hash of library code a rule depends on: passed as a param so code edits rerun it."""
-    return code_fingerprint(*[Path(workflow.basedir) / p for p in paths])
+def script_code(script):
+    """Hash of a workflow script's library import closure (paths relative to the repository):
+    passed as a param, so editing any module the script imports reruns exactly that rule."""
+    return code_fingerprint(Path(workflow.basedir) / "workflow_scripts" / script, workflow.basedir)
 
 
 def stage_resources(stage):
-    """Per-stage resources from config (mem_mb, runtime in minutes, gpu count)."""
-    return config["resources"][stage]
+    """Per-stage resources from config (mem_mb, runtime in minutes, gpu count), threads left out."""
+    return {k: v for k, v in config["resources"][stage].items() if k != "threads"}
 
 
 def stage_threads(stage):
     return config["resources"][stage]["threads"]
+
+# Outputs are wrapped in update(...): Snakemake then neither deletes a previous good output
+# before the job runs nor loses it when the job fails (it keeps a backup and restores it).
+# Stages write atomically, so an output is only ever replaced by a finished new file.
+
+
+def runs(experiments=None):
+    """(experiment, seed, kernel) of every kGLM fit, experiment-major, seed, then kernel."""
+    return [
+        (exp, seed, kernel)
+        for exp in (EXPERIMENTS if experiments is None else experiments)
+        for seed in experiment_seeds(config, exp)
+        for kernel in EXPERIMENTS[exp]["kernels"]
+    ]
+
+
+def run_paths(pattern, experiments=None):
+    """``pattern`` (with {experiment}, {seed}, {kernel}) for every run of ``runs``."""
+    return [pattern.format(experiment=e, seed=s, kernel=k) for e, s, k in runs(experiments)]
+
+
+def seed_paths(experiment, pattern):
+    """``pattern`` (with {seed}) for every training seed of ``experiment``."""
+    return [pattern.format(seed=s) for s in experiment_seeds(config, experiment)]

@@ -2,52 +2,39 @@
 # that has a `forensics:` block, aggregating all its seeds and kernels.
 import re
 
-from ntkbench.config import experiment_seeds
+from ntkbench.kinds import options_for
 
 FORENSICS_EXPERIMENTS = [exp for exp, spec in EXPERIMENTS.items() if "forensics" in spec]
-
-
-def forensics_inputs(experiment, pattern):
-    """One path per (seed, kernel), seed-major, kernel-minor (the order the script expects)."""
-    return [
-        pattern.format(experiment=experiment, seed=seed, kernel=kernel)
-        for seed in experiment_seeds(config, experiment)
-        for kernel in EXPERIMENTS[experiment]["kernels"]
-    ]
 
 
 rule forensics:
     input:
         data=f"{RESULTS}/{{experiment}}/data.npz",
-        logits=lambda w: [
-            f"{RESULTS}/{w.experiment}/seed{seed}/logits.npz"
-            for seed in experiment_seeds(config, w.experiment)
-        ],
-        kernels=lambda w: forensics_inputs(
-            w.experiment, RESULTS + "/{experiment}/seed{seed}/kernels/{kernel}.h5"
-        ),
-        kglm=lambda w: forensics_inputs(
-            w.experiment, RESULTS + "/{experiment}/seed{seed}/kglm/{kernel}.json"
-        ),
+        models=lambda w: seed_paths(w.experiment, f"{RESULTS}/{w.experiment}/seed{{seed}}/model.pt"),
+        logits=lambda w: seed_paths(w.experiment, f"{RESULTS}/{w.experiment}/seed{{seed}}/logits.npz"),
+        # seed-major, kernel-minor: the order of params.runs
+        kernels=lambda w: run_paths(RESULTS + "/{experiment}/seed{seed}/kernels/{kernel}.h5", [w.experiment]),
+        kglm=lambda w: run_paths(RESULTS + "/{experiment}/seed{seed}/kglm/{kernel}.json", [w.experiment]),
     output:
-        table=f"{RESULTS}/{{experiment}}/forensics.csv",
-        per_seed=f"{RESULTS}/{{experiment}}/forensics_per_seed.csv",
-        markdown=f"{RESULTS}/{{experiment}}/forensics.md",
-        attack=f"{RESULTS}/{{experiment}}/attack.csv",
-        figure=f"{RESULTS}/{{experiment}}/forensics_top_k.png",
+        table=report(update(f"{RESULTS}/{{experiment}}/forensics.csv"), caption=f"{CAPTIONS}/forensics_table.rst",
+                     category="Forensics", subcategory="{experiment}"),
+        per_seed=update(f"{RESULTS}/{{experiment}}/forensics_per_seed.csv"),
+        markdown=update(f"{RESULTS}/{{experiment}}/forensics.md"),
+        attack=report(update(f"{RESULTS}/{{experiment}}/attack.csv"), caption=f"{CAPTIONS}/attack.rst",
+                      category="Forensics", subcategory="{experiment}"),
+        figure=report(update(f"{RESULTS}/{{experiment}}/forensics_top_k.png"),
+                      caption=f"{CAPTIONS}/forensics_top_k.rst", category="Forensics", subcategory="{experiment}"),
     params:
         seeds=lambda w: experiment_seeds(config, w.experiment),
         kernels=lambda w: EXPERIMENTS[w.experiment]["kernels"],
-        forensics=lambda w: EXPERIMENTS[w.experiment]["forensics"],
-        code=code_version(
-            "ntkbench/forensics.py",
-            "ntkbench/plots_forensics.py",
-            "ntkbench/metrics.py",
-            "ntkbench/tables.py",
-            "ntkbench/plots.py",
-        ),
+        runs=lambda w: [(seed, kernel) for _, seed, kernel in runs([w.experiment])],
+        kernel_options=lambda w: {k: options_for(k, config["kernel_options"]) for k in EXPERIMENTS[w.experiment]["kernels"]},
+        settings=lambda w: EXPERIMENTS[w.experiment]["forensics"],
+        code=script_code("forensics.py"),
     log:
         f"{RESULTS}/logs/{{experiment}}/forensics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/forensics.tsv"
     wildcard_constraints:
         # Only experiments with a `forensics:` block ("(?!)" matches nothing when there are none).
         experiment="|".join(map(re.escape, FORENSICS_EXPERIMENTS)) or "(?!)",

@@ -1,34 +1,28 @@
 # Stage 4: paper-style tables and figures over every experiment, kernel and seed.
-from ntkbench.config import experiment_seeds
 
 
-def kglm_reports(wildcards=None):
-    return [
-        f"{RESULTS}/{exp}/seed{seed}/kglm/{kernel}.json"
-        for exp, spec in EXPERIMENTS.items()
-        for seed in experiment_seeds(config, exp)
-        for kernel in spec["kernels"]
-    ]
-
+# Cheap aggregation: runs in the main Snakemake process (on a cluster, the login node),
+# never as a cluster job of its own.
+localrules:
+    summary,
 
 rule summary:
     input:
-        kglm_reports,
+        run_paths(RESULTS + "/{experiment}/seed{seed}/kglm/{kernel}.json"),
     output:
-        csv=f"{RESULTS}/summary.csv",
-        per_seed=f"{RESULTS}/summary_per_seed.csv",
-        markdown=f"{RESULTS}/summary.md",
-        figure=f"{RESULTS}/summary_tau.png",
+        csv=report(update(f"{RESULTS}/summary.csv"), caption=f"{CAPTIONS}/summary_table.rst",
+                   category="Faithfulness", subcategory="Tables 1-2"),
+        per_seed=update(f"{RESULTS}/summary_per_seed.csv"),
+        markdown=update(f"{RESULTS}/summary.md"),
+        figure=report(update(f"{RESULTS}/summary_tau.png"), caption=f"{CAPTIONS}/summary_tau.rst",
+                      category="Faithfulness", subcategory="Tables 1-2"),
     params:
-        records=lambda w: [
-            (exp, seed, kernel)
-            for exp, spec in EXPERIMENTS.items()
-            for seed in experiment_seeds(config, exp)
-            for kernel in spec["kernels"]
-        ],
-        code=code_version("ntkbench/tables.py", "ntkbench/plots.py", "ntkbench/stages.py"),
+        records=runs(),
+        code=script_code("summary.py"),
     log:
         f"{RESULTS}/logs/summary.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/summary.tsv"
     threads: stage_threads("report")
     resources:
         **stage_resources("report"),
@@ -36,4 +30,5 @@ rule summary:
         "../workflow_scripts/summary.py"
 
 
-ALL_TARGETS += rules.summary.output
+if EXPERIMENTS:
+    ALL_TARGETS += rules.summary.output

@@ -1,11 +1,12 @@
 # Stage: spectral feature identification (SPEC section 4, paper 003).
 # TMS: train per (m, S) run -> flattened-eNTK eigen-analysis per run (all betas) -> table + figures.
 # Modular addition: train with checkpoints -> class-averaged spectra over all checkpoints, and the
-# full flattened eNTK at the final checkpoint -> CSVs + figures. Changing an analysis setting
-# (betas, top_k, cliff detector) never retrains; changing the cliff detector reruns only the reports.
+# full flattened eNTK at the final checkpoint -> CSVs + figures. Each rule's params hold only the
+# settings its stage reads (ntkbench.stages.layout.STAGE_SETTINGS): changing an analysis setting
+# (betas, top_k, the cliff detector) never retrains, and the cliff detector reruns only the reports.
 import re
 
-from ntkbench.spectral.pipeline import modadd_experiment_config, tms_runs
+from ntkbench.stages.layout import modadd_experiment_config, settings, tms_runs
 
 SPECTRAL = config.get("spectral") or {}
 TMS_CFG = SPECTRAL.get("tms")
@@ -19,21 +20,19 @@ def _alternatives(names):
 if TMS_CFG is not None:
     TMS_EXP = TMS_CFG["experiment"]
     TMS_RUNS = tms_runs(TMS_CFG)
-    TMS_TRAIN_KEYS = ("n_features", "importance", "num_points", "data_seed", "seed", "lr", "steps")
-    TMS_SPECTRUM_KEYS = ("importance", "betas", "top_k", "represented_threshold")
 
     rule tms_train:
         output:
-            model=f"{RESULTS}/{{tms_exp}}/runs/{{run}}/model.pt",
-            curve=f"{RESULTS}/{{tms_exp}}/runs/{{run}}/loss.csv",
+            model=update(f"{RESULTS}/{{tms_exp}}/runs/{{run}}/model.pt"),
+            curve=update(f"{RESULTS}/{{tms_exp}}/runs/{{run}}/loss.csv"),
         wildcard_constraints:
             tms_exp=re.escape(TMS_EXP),
             run=_alternatives(TMS_RUNS),
         params:
             run=lambda w: TMS_RUNS[w.run],
-            cfg={k: TMS_CFG[k] for k in TMS_TRAIN_KEYS},
+            cfg=settings("tms_train", TMS_CFG),
             device=config["device"],
-            code=code_version("ntkbench/models/tms.py", "ntkbench/data/tms.py", "ntkbench/training/tms.py"),
+            code=script_code("tms_train.py"),
         log:
             f"{RESULTS}/logs/{{tms_exp}}/{{run}}/tms_train.log",
         benchmark:
@@ -48,15 +47,14 @@ if TMS_CFG is not None:
         input:
             model=rules.tms_train.output.model,
         output:
-            f"{RESULTS}/{{tms_exp}}/runs/{{run}}/spectrum.npz",
+            update(f"{RESULTS}/{{tms_exp}}/runs/{{run}}/spectrum.npz"),
         wildcard_constraints:
             tms_exp=re.escape(TMS_EXP),
             run=_alternatives(TMS_RUNS),
         params:
-            cfg={k: TMS_CFG[k] for k in TMS_SPECTRUM_KEYS},
+            cfg=settings("tms_spectrum", TMS_CFG),
             device=config["device"],
-            code=code_version("ntkbench/spectral/eigen.py", "ntkbench/spectral/features.py",
-                              "ntkbench/spectral/tms.py", "ntkbench/kernels"),
+            code=script_code("tms_spectrum.py"),
         log:
             f"{RESULTS}/logs/{{tms_exp}}/{{run}}/tms_spectrum.log",
         benchmark:
@@ -67,18 +65,28 @@ if TMS_CFG is not None:
         script:
             "../workflow_scripts/tms_spectrum.py"
 
+    # Cheap aggregation: runs in the main Snakemake process (on a cluster, the login node),
+    # never as a cluster job of its own.
+    localrules:
+        tms_report,
+
     rule tms_report:
         input:
             runs=[f"{RESULTS}/{TMS_EXP}/runs/{run}/spectrum.npz" for run in TMS_RUNS],
         output:
-            csv=f"{RESULTS}/{TMS_EXP}/tms.csv",
-            spectra=f"{RESULTS}/{TMS_EXP}/figures/tms_spectra.png",
-            heatmaps=f"{RESULTS}/{TMS_EXP}/figures/tms_alignment.png",
+            csv=report(update(f"{RESULTS}/{TMS_EXP}/tms.csv"), caption=f"{CAPTIONS}/tms_table.rst",
+                       category="Spectral", subcategory=TMS_EXP),
+            spectra=report(update(f"{RESULTS}/{TMS_EXP}/figures/tms_spectra.png"),
+                           caption=f"{CAPTIONS}/tms_spectra.rst", category="Spectral", subcategory=TMS_EXP),
+            heatmaps=report(update(f"{RESULTS}/{TMS_EXP}/figures/tms_alignment.png"),
+                            caption=f"{CAPTIONS}/tms_alignment.rst", category="Spectral", subcategory=TMS_EXP),
         params:
-            cfg={k: TMS_CFG[k] for k in ("n_features", "num_points", "importance", "represented_threshold", "cliffs")},
-            code=code_version("ntkbench/spectral", "ntkbench/plots_spectral.py"),
+            cfg=settings("tms_report", TMS_CFG),
+            code=script_code("tms_report.py"),
         log:
             f"{RESULTS}/logs/{TMS_EXP}/tms_report.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/{TMS_EXP}/tms_report.tsv"
         threads: 1
         resources:
             **stage_resources("report"),
@@ -90,20 +98,38 @@ if TMS_CFG is not None:
 
 if MODADD_CFG is not None:
     MODADD_EXPS = {name: modadd_experiment_config(MODADD_CFG, name) for name in MODADD_CFG["experiments"]}
-    MODADD_TRAIN_KEYS = ("p", "width", "train_fraction", "split_seed", "lr", "weight_decay", "epochs",
-                         "checkpoint_every")
+    # output key: (file, caption in report/captions/ or None when not shown in the report)
+    MODADD_REPORT = {
+        "training_curve": ("training_curve.csv", None),
+        "spectra": ("spectra.csv", None),
+        "cliffs": ("cliffs.csv", "modadd_table.rst"),
+        "overlap": ("overlap.csv", "modadd_table.rst"),
+        "full_spectrum": ("full_entk_spectrum.csv", None),
+        "spectra_figure": ("figures/spectra.png", "modadd_spectra.rst"),
+        "grokking_figure": ("figures/grokking.png", "modadd_grokking.rst"),
+        "heatmap_figure": ("figures/fourier_heatmaps.png", "modadd_heatmaps.rst"),
+        "full_figure": ("figures/full_entk_spectrum.png", "modadd_full.rst"),
+    }
+
+    def modadd_output(leaf, caption):
+        path = update(f"{RESULTS}/{{mod_exp}}/{leaf}")
+        if caption is None:
+            return path
+        return report(path, caption=f"{CAPTIONS}/{caption}", category="Spectral", subcategory="{mod_exp}")
+
+    def modadd_seed_paths(w, leaf):
+        return [f"{RESULTS}/{w.mod_exp}/seed{s}/{leaf}" for s in MODADD_EXPS[w.mod_exp]["seeds"]]
 
     rule modadd_train:
         output:
-            checkpoints=f"{RESULTS}/{{mod_exp}}/seed{{seed}}/checkpoints.pt",
-            curve=f"{RESULTS}/{{mod_exp}}/seed{{seed}}/training_curve.csv",
+            checkpoints=update(f"{RESULTS}/{{mod_exp}}/seed{{seed}}/checkpoints.pt"),
+            curve=update(f"{RESULTS}/{{mod_exp}}/seed{{seed}}/training_curve.csv"),
         wildcard_constraints:
             mod_exp=_alternatives(MODADD_EXPS),
         params:
-            cfg=lambda w: {k: MODADD_EXPS[w.mod_exp][k] for k in MODADD_TRAIN_KEYS},
+            cfg=lambda w: settings("modadd_train", MODADD_EXPS[w.mod_exp]),
             device=config["device"],
-            code=code_version("ntkbench/models/modmlp.py", "ntkbench/data/modadd.py",
-                              "ntkbench/training/modadd.py"),
+            code=script_code("modadd_train.py"),
         log:
             f"{RESULTS}/logs/{{mod_exp}}/seed{{seed}}/modadd_train.log",
         benchmark:
@@ -118,13 +144,13 @@ if MODADD_CFG is not None:
         input:
             checkpoints=rules.modadd_train.output.checkpoints,
         output:
-            f"{RESULTS}/{{mod_exp}}/seed{{seed}}/class_avg_spectra.npz",
+            update(f"{RESULTS}/{{mod_exp}}/seed{{seed}}/class_avg_spectra.npz"),
         wildcard_constraints:
             mod_exp=_alternatives(MODADD_EXPS),
         params:
-            cfg=lambda w: {k: MODADD_EXPS[w.mod_exp][k] for k in ("top_k", "store_vectors")},
+            cfg=lambda w: settings("modadd_spectra", MODADD_EXPS[w.mod_exp]),
             device=config["device"],
-            code=code_version("ntkbench/spectral/eigen.py", "ntkbench/spectral/modadd.py", "ntkbench/kernels"),
+            code=script_code("modadd_spectra.py"),
         log:
             f"{RESULTS}/logs/{{mod_exp}}/seed{{seed}}/modadd_spectra.log",
         benchmark:
@@ -139,14 +165,13 @@ if MODADD_CFG is not None:
         input:
             checkpoints=rules.modadd_train.output.checkpoints,
         output:
-            f"{RESULTS}/{{mod_exp}}/seed{{seed}}/full_entk_top.npz",
+            update(f"{RESULTS}/{{mod_exp}}/seed{{seed}}/full_entk_top.npz"),
         wildcard_constraints:
             mod_exp=_alternatives(MODADD_EXPS),
         params:
-            cfg=lambda w: {"full_top_k": MODADD_EXPS[w.mod_exp]["full_top_k"]},
+            cfg=lambda w: settings("modadd_full_entk", MODADD_EXPS[w.mod_exp]),
             device=config["device"],
-            code=code_version("ntkbench/spectral/eigen.py", "ntkbench/spectral/operator.py",
-                              "ntkbench/spectral/modadd.py"),
+            code=script_code("modadd_full_entk.py"),
         log:
             f"{RESULTS}/logs/{{mod_exp}}/seed{{seed}}/modadd_full_entk.log",
         benchmark:
@@ -157,39 +182,32 @@ if MODADD_CFG is not None:
         script:
             "../workflow_scripts/modadd_full_entk.py"
 
+    # Cheap aggregation: runs in the main Snakemake process (on a cluster, the login node),
+    # never as a cluster job of its own.
+    localrules:
+        modadd_report,
+
     rule modadd_report:
         input:
-            curves=lambda w: [f"{RESULTS}/{w.mod_exp}/seed{s}/training_curve.csv" for s in MODADD_EXPS[w.mod_exp]["seeds"]],
-            spectra=lambda w: [f"{RESULTS}/{w.mod_exp}/seed{s}/class_avg_spectra.npz" for s in MODADD_EXPS[w.mod_exp]["seeds"]],
-            full=lambda w: [f"{RESULTS}/{w.mod_exp}/seed{s}/full_entk_top.npz" for s in MODADD_EXPS[w.mod_exp]["seeds"]],
+            curves=lambda w: modadd_seed_paths(w, "training_curve.csv"),
+            spectra=lambda w: modadd_seed_paths(w, "class_avg_spectra.npz"),
+            full=lambda w: modadd_seed_paths(w, "full_entk_top.npz"),
         output:
-            training_curve=f"{RESULTS}/{{mod_exp}}/training_curve.csv",
-            spectra=f"{RESULTS}/{{mod_exp}}/spectra.csv",
-            cliffs=f"{RESULTS}/{{mod_exp}}/cliffs.csv",
-            overlap=f"{RESULTS}/{{mod_exp}}/overlap.csv",
-            full_spectrum=f"{RESULTS}/{{mod_exp}}/full_entk_spectrum.csv",
-            spectra_figure=f"{RESULTS}/{{mod_exp}}/figures/spectra.png",
-            grokking_figure=f"{RESULTS}/{{mod_exp}}/figures/grokking.png",
-            heatmap_figure=f"{RESULTS}/{{mod_exp}}/figures/fourier_heatmaps.png",
-            full_figure=f"{RESULTS}/{{mod_exp}}/figures/full_entk_spectrum.png",
+            **{key: modadd_output(leaf, caption) for key, (leaf, caption) in MODADD_REPORT.items()},
         wildcard_constraints:
             mod_exp=_alternatives(MODADD_EXPS),
         params:
             seeds=lambda w: list(MODADD_EXPS[w.mod_exp]["seeds"]),
-            cfg=lambda w: {"cliffs": MODADD_EXPS[w.mod_exp]["cliffs"]},
-            code=code_version("ntkbench/spectral", "ntkbench/plots_spectral.py"),
+            cfg=lambda w: settings("modadd_report", MODADD_EXPS[w.mod_exp]),
+            code=script_code("modadd_report.py"),
         log:
             f"{RESULTS}/logs/{{mod_exp}}/modadd_report.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/{{mod_exp}}/modadd_report.tsv"
         threads: 1
         resources:
             **stage_resources("report"),
         script:
             "../workflow_scripts/modadd_report.py"
 
-    ALL_TARGETS += [
-        f"{RESULTS}/{name}/{leaf}"
-        for name in MODADD_EXPS
-        for leaf in ("training_curve.csv", "spectra.csv", "cliffs.csv", "overlap.csv", "full_entk_spectrum.csv",
-                     "figures/spectra.png", "figures/grokking.png", "figures/fourier_heatmaps.png",
-                     "figures/full_entk_spectrum.png")
-    ]
+    ALL_TARGETS += [f"{RESULTS}/{name}/{leaf}" for name in MODADD_EXPS for leaf, _ in MODADD_REPORT.values()]

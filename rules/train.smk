@@ -1,16 +1,22 @@
 # Stage 1: data bundles and trained networks (one per experiment and seed).
-from ntkbench.config import experiment_seeds
 
 
-rule prepare_data:
+# Reads the data set and writes one bundle: runs in the main Snakemake process (on a
+# cluster, the login node), never as a cluster job of its own.
+localrules:
+    prepare_data,
+
+checkpoint prepare_data:
     output:
-        f"{RESULTS}/{{experiment}}/data.npz",
+        update(f"{RESULTS}/{{experiment}}/data.npz"),
     params:
         spec=lambda w: EXPERIMENTS[w.experiment]["data"],
         data_dir=config["data_dir"],
-        code=code_version("ntkbench/data"),
+        code=script_code("prepare_data.py"),
     log:
         f"{RESULTS}/logs/{{experiment}}/prepare_data.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/prepare_data.tsv"
     threads: 1
     resources:
         **stage_resources("report"),
@@ -22,14 +28,14 @@ rule train:
     input:
         data=rules.prepare_data.output[0],
     output:
-        model=f"{RESULTS}/{{experiment}}/seed{{seed}}/model.pt",
-        logits=f"{RESULTS}/{{experiment}}/seed{{seed}}/logits.npz",
-        history=f"{RESULTS}/{{experiment}}/seed{{seed}}/training.csv",
+        model=update(f"{RESULTS}/{{experiment}}/seed{{seed}}/model.pt"),
+        logits=update(f"{RESULTS}/{{experiment}}/seed{{seed}}/logits.npz"),
+        history=update(f"{RESULTS}/{{experiment}}/seed{{seed}}/training.csv"),
     params:
         model=lambda w: EXPERIMENTS[w.experiment]["model"],
         train=lambda w: EXPERIMENTS[w.experiment]["train"],
         device=config["device"],
-        code=code_version("ntkbench/models", "ntkbench/training/classifier.py"),
+        code=script_code("train.py"),
     log:
         f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/train.log",
     benchmark:

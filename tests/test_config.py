@@ -59,3 +59,14 @@ def test_per_experiment_overrides(default_config):
 def test_missing_config_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_experiment_kglm_overrides_only_the_keys_it_sets():
+    from ntkbench.config import experiment_kglm, validate_config
+
+    exp = {"data": {"name": "digits"}, "model": {"name": "mlp"}, "train": {}, "kernels": ["trntk"]}
+    cfg = validate_config({"kglm": {"target": "predictions", "alpha": 0.5},
+                           "experiments": {"a": {**exp, "kglm": {"alpha": 1e-2}}, "b": exp}})
+    assert experiment_kglm(cfg, "a")["target"] == "predictions"  # not the schema default "labels"
+    assert experiment_kglm(cfg, "a")["alpha"] == 1e-2 and experiment_kglm(cfg, "b")["alpha"] == 0.5
+    assert experiment_kglm(cfg, "b")["class_weight"] == "balanced"  # the global block keeps its defaults

@@ -112,42 +112,48 @@ def one_torch_thread():
 
 def test_forensics_stage_end_to_end_on_tiny_config(tmp_path, one_torch_thread, caplog):
     """data -> train -> kernels -> kGLM -> forensics with the real stages on a tiny config."""
-    from ntkbench import stages
     from ntkbench.config import experiment_kglm, experiment_seeds, load_config
     from ntkbench.data import load_dataset, save_bundle
-    from ntkbench.forensics import FORENSICS_DEFAULTS, run_forensics, write_forensics_outputs
-    from ntkbench.plots_forensics import plot_forensics_result
+    from ntkbench.kinds import options_for
+    from ntkbench.stages.forensics import forensics_stage
+    from ntkbench.stages.kernels import kernel_stage
+    from ntkbench.stages.surrogates import kglm_stage
+    from ntkbench.stages.train import train_stage
 
     cfg = load_config(Path(__file__).parent / "configs" / "forensics_tiny.yaml")
     cfg["kernel_options"].update(proj_dim=256, block_size=64)  # as in the tiny workflow config
     (name, exp), = cfg["experiments"].items()
     seeds, kernels = experiment_seeds(cfg, name), exp["kernels"]
+    kopts = {k: options_for(k, cfg["kernel_options"]) for k in kernels}
     data = tmp_path / "data.npz"
     save_bundle(load_dataset(exp["data"]), data)
-    kernel_paths, kglm_paths, logits_paths = {}, {}, []
+    kernel_paths, kglm_paths, logits_paths, model_paths = {}, {}, [], []
     for seed in seeds:
         run = tmp_path / f"seed{seed}"
-        stages.train_stage(data, exp["model"], exp["train"], seed, "cpu", run / "model.pt",
-                           run / "logits.npz", run / "training.csv")
+        train_stage(data, exp["model"], exp["train"], seed, "cpu", run / "model.pt",
+                    run / "logits.npz", run / "training.csv")
         logits_paths.append(run / "logits.npz")
+        model_paths.append(run / "model.pt")
         (run / "kernels").mkdir()  # Snakemake creates output folders; here we do
         (run / "kglm").mkdir()
         for kernel in kernels:
             kernel_paths[seed, kernel] = run / "kernels" / f"{kernel}.h5"
             kglm_paths[seed, kernel] = run / "kglm" / f"{kernel}.json"
-            stages.kernel_stage(data, run / "model.pt", kernel,
-                                stages.kernel_options_for(kernel, cfg["kernel_options"]), "cpu",
-                                kernel_paths[seed, kernel])
-            stages.kglm_stage(data, run / "logits.npz", kernel_paths[seed, kernel],
-                              experiment_kglm(cfg, name), kglm_paths[seed, kernel],
-                              run / "kglm" / f"{kernel}.npz")
-    opts = {**FORENSICS_DEFAULTS, **exp["forensics"]}
-    result = run_forensics(data, seeds, kernels, logits_paths, kernel_paths, kglm_paths, **opts)
+            kernel_stage(data, run / "model.pt", kernel, kopts[kernel], 64, "cpu", kernel_paths[seed, kernel])
+            kglm_stage(data, run / "logits.npz", run / "model.pt", kernel_paths[seed, kernel], kernel,
+                       kopts[kernel], experiment_kglm(cfg, name), kglm_paths[seed, kernel],
+                       run / "kglm" / f"{kernel}.npz")
+    opts = exp["forensics"]
     out = {k: tmp_path / f for k, f in [("table", "forensics.csv"), ("per_seed", "per_seed.csv"),
-                                         ("attack", "attack.csv"), ("md", "forensics.md"),
-                                         ("png", "forensics_top_k.png")]}
-    write_forensics_outputs(result, out["table"], out["per_seed"], out["attack"], out["md"])
-    plot_forensics_result(out["png"], result, data, min_poisoned=opts["min_poisoned"])
+                                         ("attack", "attack.csv"), ("markdown", "forensics.md"),
+                                         ("figure", "forensics_top_k.png")]}
+
+    def run_stage(settings, kernels=kernels, outputs=out):
+        return forensics_stage(data, seeds, kernels, model_paths, logits_paths, kernel_paths, kglm_paths, kopts,
+                               settings, outputs, experiment=name)
+
+    result = run_stage(opts)
+    out["md"], out["png"] = out["markdown"], out["figure"]
 
     # The attack worked on every seed (the tiny config was chosen so that it does).
     attack = pd.read_csv(out["attack"])
@@ -186,7 +192,8 @@ def test_forensics_stage_end_to_end_on_tiny_config(tmp_path, one_torch_thread, c
 
     # When the attack does not reach the configured bar the log says so and attack_ok is False.
     with caplog.at_level(logging.WARNING, logger="ntkbench.forensics"):
-        strict = run_forensics(data, seeds, kernels[:1], logits_paths, kernel_paths, kglm_paths,
-                               **{**opts, "min_clean_accuracy": 0.999})
+        strict = run_stage({**opts, "min_clean_accuracy": 0.999}, kernels[:1],
+                           {k: tmp_path / f"strict_{v.name}" for k, v in out.items()})
     assert not strict.attack["attack_ok"].any()
     assert "attack did not work well enough" in caplog.text and "not meaningful" in caplog.text
+    assert result.table["kernel"].tolist() == kernels

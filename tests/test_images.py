@@ -123,3 +123,101 @@ def test_shan_cnn_matches_paper_parameter_count():
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="too small"):
         build({"name": "shan-cnn", "input_shape": [1, 8, 8], "num_outputs": 10})
+
+
+# ------------------------------------------------------------------ MNIST file names, errors, split
+
+
+def _write_idx(path, array, gz):
+    if gz:
+        with gzip.open(path, "wb") as fh:
+            fh.write(_idx_bytes(array))
+    else:
+        path.write_bytes(_idx_bytes(array))
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_accepts_dotted_file_names(tmp_path, gz):
+    images, labels = _write_idx_set(tmp_path / "std", gz=gz)
+    folder = tmp_path / "dotted" / "mnist"
+    folder.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        for kind, arr in (("images.idx3-ubyte", images[prefix]), ("labels.idx1-ubyte", labels[prefix])):
+            _write_idx(folder / (f"{prefix}-{kind}" + (".gz" if gz else "")), arr, gz)
+    bundle = load_mnist(tmp_path / "dotted")
+    np.testing.assert_allclose(bundle.train.x[:, 0].numpy(), images["train"] / 255.0, atol=1e-7)
+    assert bundle.test.y.tolist() == labels["t10k"].tolist()
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    arr = np.zeros((2, 28, 28), dtype=np.uint8)
+    full = _idx_bytes(arr)
+    (tmp_path / "header").write_bytes(full[:10])  # magic + dims 1 and part of 2 of 3
+    with pytest.raises(ValueError, match=r"header.*truncated IDX header"):
+        read_idx(tmp_path / "header")
+    with gzip.open(tmp_path / "cut.gz", "wb") as fh:
+        fh.write(full)
+    data = (tmp_path / "cut.gz").read_bytes()
+    (tmp_path / "cut.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.gz: cannot decompress.*corrupt"):
+        read_idx(tmp_path / "cut.gz")
+    (tmp_path / "plain.gz").write_bytes(full)  # not gzip at all
+    with pytest.raises(ValueError, match=r"plain\.gz: cannot decompress"):
+        read_idx(tmp_path / "plain.gz")
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        read_idx(tmp_path / "nothere")
+    # Inside the loader the message names the data set file too.
+    _write_idx_set(tmp_path / "data" / "mnist", gz=False)
+    (tmp_path / "data" / "mnist" / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08")
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte"):
+        load_mnist(tmp_path / "data")
+
+
+def test_missing_mnist_file_names_both_spellings_and_the_source(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_mnist(tmp_path)
+    message = str(info.value)
+    assert "train-images-idx3-ubyte[.gz]" in message and "train-images.idx3-ubyte[.gz]" in message
+    assert "yann.lecun" in message and "data_dir" in message
+
+
+def _write_class_blocks(folder):
+    """Train labels 1,0,2,1,0,1,0,2 and test labels 0,1,1,0,2,0; pixel value = image index."""
+    folder.mkdir(parents=True)
+    train_y = np.array([1, 0, 2, 1, 0, 1, 0, 2])
+    test_y = np.array([0, 1, 1, 0, 2, 0])
+    for prefix, y in (("train", train_y), ("t10k", test_y)):
+        x = np.repeat(np.arange(len(y), dtype=np.uint8)[:, None, None], 28, 1).repeat(28, 2)
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", x, gz=True)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", y, gz=True)
+
+
+def test_per_class_split_takes_the_first_images_of_each_class_in_file_order(tmp_path):
+    _write_class_blocks(tmp_path / "mnist")
+    spec = {"name": "mnist", "classes": [0, 1], "per_class_train": 2, "per_class_test": 1}
+    bundle = load_dataset(spec, data_dir=tmp_path)
+    # Class 0 block first (images 1, 4), then class 1 (images 0, 3); test: 0 then 1.
+    assert bundle.train.y.tolist() == [0, 0, 1, 1]
+    np.testing.assert_allclose(bundle.train.x[:, 0, 0, 0].numpy() * 255.0, [1, 4, 0, 3], atol=1e-4)
+    assert bundle.test.y.tolist() == [0, 1]
+    np.testing.assert_allclose(bundle.test.x[:, 0, 0, 0].numpy() * 255.0, [0, 1], atol=1e-4)
+    assert bundle.meta["per_class_train"] == 2 and bundle.meta["per_class_test"] == 1
+    # Classes [1, 0]: relabelled in that order, so the old class 1 comes first as label 0.
+    swapped = load_dataset({**spec, "classes": [1, 0]}, data_dir=tmp_path)
+    np.testing.assert_allclose(swapped.train.x[:, 0, 0, 0].numpy() * 255.0, [0, 3, 1, 4], atol=1e-4)
+    # Pixels / 255 exactly as float32 division.
+    assert bundle.train.x.dtype == torch.float32
+    assert float(bundle.train.x[0, 0, 0, 0]) == np.float32(1) / np.float32(255)
+
+
+def test_per_class_split_errors(tmp_path):
+    _write_class_blocks(tmp_path / "mnist")
+    with pytest.raises(ValueError, match=r"per_class_train: asked for 4 images of class 0 .* only 3"):
+        load_dataset({"name": "mnist", "classes": [0, 1], "per_class_train": 4}, data_dir=tmp_path)
+    with pytest.raises(ValueError, match="exclude each other"):
+        load_dataset({"name": "mnist", "per_class_test": 1, "max_test": 2}, data_dir=tmp_path)
+    with pytest.raises(ValueError, match="positive integer"):
+        load_mnist(tmp_path, per_class_train=0)
+    # All ten classes when `classes` is not given: classes 3..9 have no images here.
+    with pytest.raises(ValueError, match="class 3"):
+        load_mnist(tmp_path, per_class_test=1)

@@ -14,6 +14,7 @@ from ntkbench.metrics import (
     accuracy,
     faithfulness,
     kendall_tau,
+    kendall_tau_true_class,
     linear_realisation,
     mean_sem,
     misclassification_coincidence,
@@ -107,8 +108,10 @@ def test_kendall_tau_identical_ranks_is_one_and_reversed_is_minus_one():
     # A different but monotone surrogate (same ranks) → τ = 1.
     same_order = binary_logits_from_log_probs(np.log([0.51, 0.52, 0.99, 0.999]))
     assert kendall_tau(nn, same_order, y) == pytest.approx(1.0)
+    assert kendall_tau_true_class(nn, same_order, y) == pytest.approx(1.0)
     reversed_order = binary_logits_from_log_probs(np.log([0.9, 0.8, 0.7, 0.6]))
     assert kendall_tau(nn, reversed_order, y) == pytest.approx(-1.0)
+    assert kendall_tau_true_class(nn, reversed_order, y) == pytest.approx(-1.0)
 
 
 def test_kendall_tau_one_swap_in_four_by_hand():
@@ -119,6 +122,8 @@ def test_kendall_tau_one_swap_in_four_by_hand():
     nn[np.arange(4), y] = [1.0, 2.0, 3.0, 4.0]
     kglm[np.arange(4), y] = [1.0, 3.0, 2.0, 4.0]
     assert kendall_tau(nn, kglm, y) == pytest.approx(2.0 / 3.0)
+    # Multi-class: the reference τ is the true-class one.
+    assert kendall_tau_true_class(nn, kglm, y) == pytest.approx(2.0 / 3.0)
 
 
 def test_kendall_tau_on_log_probs_breaks_ties_of_saturated_float32_probabilities():
@@ -132,7 +137,61 @@ def test_kendall_tau_on_log_probs_breaks_ties_of_saturated_float32_probabilities
 
     assert math.isnan(kendalltau(p32, kglm[:, 0]).statistic)  # all tied → undefined
     # ... while float64 log-probabilities keep the order: perfect agreement.
+    assert kendall_tau_true_class(nn, kglm, y) == pytest.approx(1.0)
+    # The reference τ drops saturated points: none left, undefined.
+    assert math.isnan(kendall_tau(nn, kglm, y))
+
+
+def test_reference_and_true_class_tau_differ_by_hand():
+    # Binary, C = 1. Network class-1 logits rank the points 0 < 1 < 2 < 3; the kGLM's class-1
+    # logits rank them 1 < 0 < 3 < 2: pairs (0,1) and (2,3) discordant → τ = (4 − 2)/6 = 1/3.
+    nn = np.array([[-5.0], [-3.0], [4.0], [6.0]], dtype=np.float32)
+    kglm = np.array([[-1.0], [-2.0], [3.0], [1.5]])
+    y = np.array([0, 0, 1, 1])
+    assert kendall_tau(nn, kglm, y) == pytest.approx(1.0 / 3.0)
+    # True class: network ±z = (5, 3, 4, 6), kGLM (1, 2, 3, 1.5): pairs (0,3), (1,2)
+    # concordant, the other four discordant → τ = (2 − 4)/6 = −1/3.
+    assert kendall_tau_true_class(nn, kglm, y) == pytest.approx(-1.0 / 3.0)
+    report = faithfulness(nn, kglm, y)
+    assert report["tau"] == pytest.approx(1.0 / 3.0)
+    assert report["tau_true_class"] == pytest.approx(-1.0 / 3.0)
+    assert report["tau_n_used"] == 4
+
+
+def test_reference_tau_masks_float32_saturated_probabilities():
+    from scipy.stats import kendalltau
+
+    # float32 σ: −200 → exactly 0.0, 17.5 and 30 → exactly 1.0 (dropped); 16 → 0.99999988 (kept;
+    # 1 − e^−16 is representable in float32 while 1 − e^−17.5 rounds to 1).
+    nn = np.array([[-200.0], [-1.0], [0.5], [2.0], [16.0], [17.5], [30.0]], dtype=np.float32)
+    kglm = np.array([[9.0], [1.0], [2.0], [3.0], [4.0], [-7.0], [-9.0]])
+    y = np.array([0, 0, 1, 1, 1, 1, 1])
+    p32 = metrics.special.expit(nn[:, 0])
+    assert p32.dtype == np.float32 and p32[0] == 0.0 and p32[5] == 1.0 and p32[4] < 1.0
+    nn_side, kglm_side = metrics.reference_tau_pair(nn, kglm, y)
+    np.testing.assert_array_equal(kglm_side, kglm[1:5, 0])
+    assert nn_side.dtype == np.float32
+    # The four kept points agree perfectly; with the saturated ones, τ would be much lower.
     assert kendall_tau(nn, kglm, y) == pytest.approx(1.0)
+    assert kendalltau(nn[:, 0], kglm[:, 0]).statistic < 0.0
+    report = faithfulness(nn, kglm, y)
+    assert report["tau_n_used"] == 4 and report["tau"] == pytest.approx(1.0)
+    # True-class τ keeps every point (float64 log-sigmoid of ±z).
+    assert kendall_tau_true_class(nn, kglm, y) == pytest.approx(
+        kendalltau(np.where(y == 1, nn[:, 0], -nn[:, 0]), np.where(y == 1, kglm[:, 0], -kglm[:, 0])).statistic)
+
+
+def test_reference_tau_keeps_float32_ties_like_the_reference():
+    from scipy.stats import kendalltau
+
+    # 16.0 and 16.05 round to the same float32 probability: a tie on the network side (τ-b).
+    nn = np.array([[0.0], [1.0], [16.0], [16.05]], dtype=np.float32)
+    kglm = np.array([[0.0], [1.0], [3.0], [2.0]])
+    y = np.array([0, 1, 1, 1])
+    p32 = metrics.special.expit(nn[:, 0])
+    assert p32[2] == p32[3]
+    assert kendall_tau(nn, kglm, y) == pytest.approx(kendalltau(p32, kglm[:, 0]).statistic)
+    assert kendall_tau(nn, kglm, y) < 1.0
 
 
 def test_pearson_and_spearman_by_hand():
@@ -304,8 +363,10 @@ def test_faithfulness_report_keys_and_values():
     assert report["tad"] == pytest.approx(0.0)
     assert report["r_miss"] == pytest.approx(1.0)
     assert report["tau"] == pytest.approx(kendall_tau(nn, kglm, y))
+    assert report["tau_true_class"] == pytest.approx(report["tau"])  # multi-class: the same τ
+    assert report["tau_n_used"] == 6 and isinstance(report["tau_n_used"], int)
     assert 0.5 < report["tau"] <= 1.0
-    assert all(isinstance(v, float) for v in report.values())
+    assert all(isinstance(v, float) for k, v in report.items() if k != "tau_n_used")
 
 
 def test_module_exports_exist():

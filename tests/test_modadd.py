@@ -80,17 +80,17 @@ def test_train_modadd_curve_and_checkpoints():
 
 
 def test_modadd_stages_end_to_end(tmp_path):
-    from ntkbench.spectral.pipeline import (
-        modadd_experiment_config,
+    from ntkbench.config import modadd_experiment_config, validate_config
+    from ntkbench.stages.spectral import (
         modadd_full_stage,
         modadd_report_stage,
         modadd_spectra_stage,
         modadd_train_stage,
     )
 
-    block = {"experiments": {"tiny": {"p": 5, "epochs": 20}}, "width": 32, "train_fraction": 0.7,
-             "split_seed": 0, "seeds": [0], "lr": 0.05, "weight_decay": 0.01, "epochs": 500,
-             "checkpoint_every": 10, "top_k": 25, "store_vectors": None, "full_top_k": 6, "cliffs": {}}
+    block = {"experiments": {"tiny": {"p": 5, "epochs": 20}}, "width": 32, "seeds": [0], "top_k": 25,
+             "full_top_k": 6}
+    block = validate_config({"spectral": {"modadd": block}})["spectral"]["modadd"]  # the schema's defaults
     cfg = modadd_experiment_config(block, "tiny")
     assert cfg["p"] == 5 and cfg["epochs"] == 20
     d = tmp_path / "seed0"

@@ -83,6 +83,7 @@ def test_aggregate_seeds_defaults_to_numeric_columns_and_reports_missing(per_see
         (1234.0, 23.0, {}, "1230(20)"),
         (0.776, math.nan, {}, "0.776"),
         (0.776, 0.0, {}, "0.776"),
+        (0.10000000000000002, 1.7e-17, {}, "0.100"),  # identical values averaged: no error
         (-0.28, None, {"signed": True, "decimals": 2}, "-0.28"),
         (0.45, math.nan, {"signed": True, "decimals": 2}, "+0.45"),
         (math.nan, 0.1, {}, "—"),
@@ -102,11 +103,13 @@ def test_render_markdown_table_layout(per_seed):
     text = render_markdown_table(summary)
     lines = text.splitlines()
 
-    table1_header = "| Model (Dataset) | # Models | NN test acc (%) | TAD (%) | τ_K |"
+    table1_header = ("| Model (Dataset) | # Models | NN test acc (%) | TAD (%) | τ_K | τ_K true class "
+                     "| kGLM |")
     assert table1_header in lines
-    # NN acc (99, 98, 97): mean 98, sem 1/sqrt(3) = 0.577 → "98.0(6)".
-    assert "| mnist2-mlp | 3 | 98.0(6) | -0.2(4) | 0.710(6) |" in lines
-    assert "| cifar10-resnet | 1 | 93.07 | -0.28 | 0.776 |" in lines
+    # NN acc (99, 98, 97): mean 98, sem 1/sqrt(3) = 0.577 → "98.0(6)". No tau_true_class or
+    # solver columns in this summary: dashes.
+    assert "| mnist2-mlp | 3 | 98.0(6) | -0.2(4) | 0.710(6) | — | — |" in lines
+    assert "| cifar10-resnet | 1 | 93.07 | -0.28 | 0.776 | — | — |" in lines
 
     assert "| Experiment | Metric | trNTK | CK |" in lines
     assert "| mnist2-mlp | τ_K | 0.710(6) | 0.45(5) |" in lines
@@ -114,6 +117,53 @@ def test_render_markdown_table_layout(per_seed):
     # cifar10-resnet has no CK row: a dash, not a crash.
     assert "| cifar10-resnet | τ_K | 0.776 | — |" in lines
     assert "|  | TAD (%) | -0.28 | — |" in lines
+
+
+@pytest.fixture
+def per_seed_with_solvers(per_seed) -> pd.DataFrame:
+    df = per_seed.copy()
+    df["tau_true_class"] = df["tau"] - 0.2
+    df["tau_n_used"] = 100
+    df["solver"] = "sgd"
+    df["alpha"] = 1e-4
+    df["target"] = "labels"
+    exact = df[df.experiment == "mnist2-mlp"].assign(solver="lbfgs", tau=0.6, tau_true_class=0.1)
+    student = df[(df.experiment == "cifar10-resnet")].assign(target="predictions", alpha=1e-2, tau=0.9)
+    return pd.concat([df, exact, student], ignore_index=True)
+
+
+def test_aggregate_seeds_carries_solver_alpha_and_target(per_seed_with_solvers):
+    df = per_seed_with_solvers
+    summary = aggregate_seeds(df, by=["experiment", "kernel", "solver", "target"],
+                              metrics=METRICS + ["tau_true_class", "tau_n_used"])
+    assert list(summary.columns[:6]) == ["experiment", "kernel", "solver", "target", "n_seeds", "alpha"]
+    assert list(summary.columns[6:16]) == ["nn_test_acc", "kglm_test_acc", "tad", "tad_sem", "tau",
+                                           "tau_sem", "tau_true_class", "tau_true_class_sem",
+                                           "r_miss", "r_miss_sem"]
+    assert len(summary) == 6 and summary.alpha.tolist() == [1e-4] * 5 + [1e-2]
+    # Settings that differ between seeds of one group are shown, not averaged.
+    mixed = aggregate_seeds(df[df.experiment == "mnist2-mlp"], metrics=["tau"])
+    assert mixed.solver.tolist() == ["sgd/lbfgs", "sgd/lbfgs"] and "alpha_sem" not in mixed.columns
+    assert aggregate_seeds(df).columns.tolist()[:6] == ["experiment", "kernel", "n_seeds", "solver",
+                                                        "alpha", "target"]
+
+
+def test_render_markdown_table_names_solver_and_shows_both_taus(per_seed_with_solvers):
+    summary = aggregate_seeds(per_seed_with_solvers, by=["experiment", "kernel", "solver", "target"],
+                              metrics=METRICS + ["tau_true_class"])
+    lines = render_markdown_table(summary).splitlines()
+    assert "| mnist2-mlp | 3 | 98.0(6) | -0.2(4) | 0.710(6) | 0.510(6) | sgd α=1e-4 |" in lines
+    assert "| mnist2-mlp | 3 | 98.0(6) | -0.2(4) | 0.600 | 0.100 | lbfgs α=1e-4 |" in lines
+    # Table 5: the kGLM fitted to the network's predictions, same layout.
+    table5 = lines.index("### Table 5: κ = trNTK surrogates fitted to the network's predictions")
+    assert lines[table5 + 4] == "| cifar10-resnet | 1 | 93.07 | -0.28 | 0.900 | 0.576 | sgd α=1e-2 |"
+    assert "| cifar10-resnet | 1 | 93.07 | -0.28 | 0.776 | 0.576 | sgd α=1e-4 |" in lines[:table5]
+    # Table 2: one block per solver of mnist2-mlp, and one per target of cifar10-resnet.
+    assert "| mnist2-mlp (solver sgd) | τ_K | 0.710(6) | 0.45(5) |" in lines
+    assert "|  | τ_K true class | 0.510(6) | 0.25(5) |" in lines
+    assert "|  | kGLM | sgd α=1e-4 | sgd α=1e-4 |" in lines
+    assert "| mnist2-mlp (solver lbfgs) | τ_K | 0.600 | 0.600 |" in lines
+    assert "| cifar10-resnet (alpha 1e-2, target predictions) | τ_K | 0.900 | — |" in lines
 
 
 def test_render_markdown_table_without_table1_kernel(per_seed):

@@ -65,11 +65,12 @@ def test_tms_spectrum_matches_dense_flattened_entk_with_importance():
 
 
 def test_tms_stages_end_to_end(tmp_path):
-    from ntkbench.spectral.pipeline import tms_report_stage, tms_spectrum_stage, tms_train_stage
+    from ntkbench.config import validate_config
+    from ntkbench.stages.spectral import tms_report_stage, tms_spectrum_stage, tms_train_stage
 
-    cfg = {"n_features": 6, "importance": 0.8, "num_points": 30, "data_seed": 0, "seed": 0, "lr": 1e-2,
-           "steps": 100, "betas": [0, 0.3], "top_k": 15, "represented_threshold": 0.75,
+    cfg = {"n_features": 6, "num_points": 30, "lr": 1e-2, "steps": 100, "betas": [0, 0.3], "top_k": 15,
            "cliffs": {"min_ratio": 1.1}}
+    cfg = validate_config({"spectral": {"tms": cfg}})["spectral"]["tms"]  # the schema's defaults
     paths = []
     for m, s in [(2, 0.3), (3, 0.8)]:
         d = tmp_path / f"m{m}"

@@ -19,7 +19,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-WORKFLOW_FILES = ["Snakefile", "rules", "workflow_scripts", "schemas", "profiles", "ntkbench"]
+WORKFLOW_FILES = ["Snakefile", "rules", "workflow_scripts", "schemas", "profiles", "ntkbench", "report"]
 TINY_CONFIGS = ["main_tiny.yaml", "forensics_tiny.yaml", "spectral_tiny.yaml"]
 
 pytestmark = pytest.mark.slow
@@ -69,15 +69,20 @@ def planned_jobs(workdir: Path) -> dict[str, int]:
     return jobs
 
 
-@pytest.fixture(scope="module")
-def finished_workdir(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("workflow")
+def copy_workflow(dest: Path) -> Path:
+    """The repository's workflow files, copied into ``dest``."""
     for name in WORKFLOW_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            shutil.copy(src, workdir / name)
+            shutil.copy(src, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def finished_workdir(tmp_path_factory) -> Path:
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
     (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config()))
     snakemake(workdir)
     return workdir
@@ -172,3 +177,91 @@ def test_invalid_config_stops_with_named_key(finished_workdir):
         edit_config(finished_workdir, lambda c: c["experiments"]["tiny2-mlp"]["train"].update(lr=1.0))
     assert proc.returncode != 0
     assert "experiments.tiny2-mlp.train.lr" in proc.stdout + proc.stderr
+
+
+def test_a_moved_checkout_reruns_nothing(finished_workdir, tmp_path):
+    """Code fingerprints hash paths relative to the repository: a moved or re-cloned checkout
+    (with its results) is up to date."""
+    moved = tmp_path / "somewhere" / "else"
+    shutil.copytree(finished_workdir, moved, symlinks=True)
+    assert planned_jobs(moved) == {}
+
+
+def _downstream(workdir: Path) -> dict[str, set[str]]:
+    """Rule -> itself and every rule that (transitively) consumes its outputs, from the rule graph."""
+    dot = snakemake(workdir, "--rulegraph").stdout
+    names = dict(re.findall(r"^\s*(\d+)\[label = \"(\w+)\"", dot, flags=re.M))
+    edges = [(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, flags=re.M)]
+    closure = {rule: {rule} for rule in names.values()}
+    changed = True
+    while changed:
+        changed = False
+        for a, b in edges:
+            for rule, down in closure.items():
+                if a in down and not closure[b] <= down:
+                    down |= closure[b]
+                    changed = True
+    return closure
+
+
+def test_each_library_module_reruns_exactly_the_stages_that_import_it(finished_workdir, tmp_path):
+    """For every library module: edit it, and the jobs Snakemake plans must be exactly those of
+    the rules whose script imports the module (directly or not) and of the rules downstream of
+    them. Two copies of the finished workdir share the modules, so two dry runs go at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ntkbench.provenance import import_closure
+
+    copies = [finished_workdir, tmp_path / "copy"]
+    shutil.copytree(finished_workdir, copies[1], symlinks=True)
+    downstream = _downstream(finished_workdir)
+    scripts = {path.stem: path for path in (finished_workdir / "workflow_scripts").glob("*.py")}
+    # every rule runs the script of its own name
+    closures = {rule: {p.relative_to(finished_workdir) for p in import_closure(scripts[rule], finished_workdir)}
+                for rule in downstream if rule != "all"}
+    modules = sorted(p.relative_to(finished_workdir) for p in (finished_workdir / "ntkbench").rglob("*.py")
+                     if "__pycache__" not in p.parts)
+    assert len(modules) > 40
+
+    def check(workdir, module):
+        path = workdir / module
+        original = path.read_text()
+        path.write_text(original + "\n# an edit\n")
+        try:
+            planned = set(planned_jobs(workdir)) - {"all"}
+        finally:
+            path.write_text(original)
+        importers = {rule for rule, files in closures.items() if module in files}
+        expected = set().union(*(downstream[r] for r in importers)) - {"all"} if importers else set()
+        return module, planned, expected
+
+    def check_all(i):  # one thread per copy: a copy is never edited by two threads
+        return [check(copies[i], m) for m in modules[i::2]]
+
+    with ThreadPoolExecutor(2) as pool:
+        results = [r for part in pool.map(check_all, range(2)) for r in part]
+    wrong = [(str(m), sorted(c), sorted(e)) for m, c, e in results if c != e]
+    assert wrong == [], wrong
+    # Every stage's script is covered: some module edit reruns each rule.
+    assert set().union(*(c for _, c, _ in results)) == set(closures)
+
+
+def test_report_holds_every_table_and_figure_with_captions(finished_workdir):
+    """`snakemake --report` (make report) writes one self-contained HTML file."""
+    snakemake(finished_workdir, "--report", "results/report.html")
+    html = (finished_workdir / "results" / "report.html").read_text()
+    for name in ("summary.csv", "summary_tau.png", "forensics.csv", "forensics_top_k.png", "attack.csv",
+                 "tms_spectra.png", "tms_alignment.png", "grokking.png", "fourier_heatmaps.png"):
+        assert name in html, name
+    for caption in ("saturated points dropped", "flagged as poisoned", "cliffs detected"):
+        assert caption in html, caption
+    # Nothing is fetched when it opens: no external scripts, styles or images.
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"https?://", html)
+
+
+def test_a_spectral_only_config_plans_only_the_spectral_jobs(tmp_path):
+    copy_workflow(tmp_path)
+    spectral = {"tms": {"n_features": 8, "num_points": 40, "runs": [{"m": 3, "sparsity": 0.3}], "steps": 100,
+                        "top_k": 20}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"experiments": {}, "spectral": spectral}))
+    assert planned_jobs(tmp_path) == {"tms_train": 1, "tms_spectrum": 1, "tms_report": 1, "all": 1}

@@ -1,8 +1,8 @@
-"""Aggregate every kGLM report into the paper-style summary (logic in ntkbench.stages)."""
-from ntkbench.stages import summary_stage
+"""Aggregate every kGLM report into the paper-style summary (logic in ntkbench.stages.summary)."""
+from ntkbench.stages.summary import summary_stage
 from ntkbench.utils import setup_logging
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 setup_logging(sm.log[0], threads=sm.threads)
-records = [(exp, seed, kernel, path) for (exp, seed, kernel), path in zip(sm.params.records, sm.input)]
+records = [(exp, seed, kernel, path) for (exp, seed, kernel), path in zip(sm.params.records, sm.input, strict=True)]
 summary_stage(records, sm.output.csv, sm.output.per_seed, sm.output.markdown, sm.output.figure)

@@ -1,5 +1,5 @@
-"""Train one network of the zoo for one seed (thin entry point; logic in ntkbench.stages)."""
-from ntkbench.stages import train_stage
+"""Train one network of the zoo for one seed (thin entry point; logic in ntkbench.stages.train)."""
+from ntkbench.stages.train import train_stage
 from ntkbench.utils import setup_logging
 
 sm = snakemake  # noqa: F821 - injected by Snakemake

@@ -116,11 +116,16 @@ def load_dataset(spec: dict[str, Any], data_dir: str | Path = "data") -> DataBun
     if name not in loaders:
         raise ValueError(f"data.name: unknown data set {name!r}; choose one of {sorted(loaders)}")
     poison = spec.pop("poison", None)
+    label_noise = spec.pop("label_noise", None)
     bundle = loaders[name](data_dir=Path(data_dir), **spec)
     if poison:
         from ntkbench.data.poison import poison_bundle
 
         bundle = poison_bundle(bundle, **poison)
+    if label_noise:  # after poisoning: flips any training label, poisoned or not
+        from ntkbench.data.label_noise import label_noise_bundle
+
+        bundle = label_noise_bundle(bundle, **label_noise)
     return bundle
 
 

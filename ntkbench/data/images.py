@@ -8,7 +8,8 @@ Accepted layouts under ``data_dir`` (first match wins):
 
 - MNIST: ``mnist/``, ``MNIST/raw/`` (torchvision), or ``data_dir`` itself, holding
   ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-  ``t10k-labels-idx1-ubyte``, each optionally gzipped (``.gz``).
+  ``t10k-labels-idx1-ubyte``, each optionally gzipped (``.gz``). The dotted spellings of
+  some copies (``train-images.idx3-ubyte``, ...) are accepted too.
 - Fashion-MNIST: the same file names under ``fashion-mnist/``, ``fmnist/`` or
   ``FashionMNIST/raw/``.
 - CIFAR-10: ``cifar-10-batches-py/`` with ``data_batch_1`` .. ``data_batch_5`` and
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,71 +42,123 @@ _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (unpack it
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (the MNIST format), gzipped or raw, as an array of its stored shape."""
+    """Read one IDX file (the MNIST format), gzipped or raw, as an array of its stored shape.
+
+    Raises ``ValueError`` naming the file for a bad magic number, a truncated header or body,
+    or a corrupt ``.gz``, and ``FileNotFoundError`` when it does not exist.
+    """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file {path} does not exist")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path}: cannot decompress ({type(err).__name__}: {err}); the .gz file "
+                         "is corrupt or incomplete, download it again") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
+    header_bytes = 4 + 4 * ndim
+    if len(raw) < header_bytes:
+        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, a {ndim}-D header "
+                         f"needs {header_bytes}); the file is incomplete, download it again")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape} but holds {data.size} values (truncated?)")
+    body = len(raw) - header_bytes
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if body != expected:
+        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but the file holds "
+                         f"{body} bytes of data (truncated?)")
+    data = np.frombuffer(raw, dtype=dtype, offset=header_bytes)
     return data.reshape(shape)
+
+
+def _spellings(stem: str) -> tuple[str, ...]:
+    """``train-images-idx3-ubyte`` and its dotted spelling ``train-images.idx3-ubyte``."""
+    prefix, _, suffix = stem.rpartition("-idx")
+    return (stem, f"{prefix}.idx{suffix}")
 
 
 def _find_idx_file(data_dir: Path, dataset: str, stem: str) -> Path:
     title, subdirs, url = _SOURCES[dataset]
     tried = []
     for sub in subdirs:
-        for name in (stem, stem + ".gz"):
-            candidate = data_dir / sub / name
-            tried.append(candidate)
-            if candidate.exists():
-                return candidate
+        for spelling in _spellings(stem):
+            for name in (spelling, spelling + ".gz"):
+                candidate = data_dir / sub / name
+                tried.append(candidate)
+                if candidate.is_file():
+                    return candidate
     raise FileNotFoundError(
-        f"{title} file {stem}[.gz] not found; looked for {', '.join(str(p) for p in tried)}. "
-        f"Download it from {url} into {data_dir / subdirs[0]} (config key data_dir)."
+        f"{title} file {stem}[.gz] not found (nor {_spellings(stem)[1]}[.gz]); looked for "
+        f"{', '.join(str(p) for p in tried)}. Download it from {url} into "
+        f"{data_dir / subdirs[0]} (config key data_dir, e.g. --config data_dir=/path/to/data)."
     )
 
 
 def _select(x: np.ndarray, y: np.ndarray, classes: Sequence[int] | None, size: int | None,
-            rng: np.random.Generator, num_classes: int, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Keep ``classes`` (relabelled 0..k-1 in the order given), then a random subset of ``size``."""
+            per_class: int | None, rng: np.random.Generator, num_classes: int, split: str
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Keep ``classes`` (relabelled 0..k-1 in the order given), then either a random subset of
+    ``size`` or the first ``per_class`` images of every class in file order."""
     if classes is not None:
         keep = np.isin(y, classes)
         remap = np.full(num_classes, -1, dtype=np.int64)
         remap[list(classes)] = np.arange(len(classes))
         x, y = x[keep], remap[y[keep]]
+    if size is not None and per_class is not None:
+        raise ValueError(f"data: max_{split} (a random subset) and per_class_{split} (the first "
+                         "images of each class) exclude each other; give one")
     if size is not None:
         if size > len(y):
-            raise ValueError(f"data.{key}: asked for {size} images but only {len(y)} are available")
+            raise ValueError(f"data.max_{split}: asked for {size} images but only {len(y)} are available")
         idx = np.sort(rng.choice(len(y), size=size, replace=False))
+        x, y = x[idx], y[idx]
+    if per_class is not None:
+        # Class blocks in label order (the order of ``classes``), file order within each block,
+        # as the reference code builds its balanced MNIST2 sets.
+        blocks = []
+        for label in range(num_classes if classes is None else len(classes)):
+            found = np.flatnonzero(y == label)
+            if len(found) < per_class:
+                original = classes[label] if classes is not None else label
+                raise ValueError(f"data.per_class_{split}: asked for {per_class} images of class "
+                                 f"{original} but the {split} file has only {len(found)}")
+            blocks.append(found[:per_class])
+        idx = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int64)
         x, y = x[idx], y[idx]
     return x, y
 
 
 def _bundle(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
             classes: Sequence[int] | None, max_train: int | None, max_test: int | None,
-            split_seed: int, num_classes: int) -> DataBundle:
+            split_seed: int, num_classes: int, per_class_train: int | None = None,
+            per_class_test: int | None = None) -> DataBundle:
     if classes is not None:
         classes = [int(c) for c in classes]
         if len(set(classes)) != len(classes) or len(classes) < 2 or not set(classes) <= set(range(num_classes)):
             raise ValueError(f"data.classes: need at least two distinct classes in 0..{num_classes - 1}, "
                              f"got {classes}")
+    for key, value in (("per_class_train", per_class_train), ("per_class_test", per_class_test)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise ValueError(f"data.{key} must be a positive integer, got {value!r}")
     rng = np.random.default_rng(split_seed)
-    train_x, train_y = _select(*train, classes, max_train, rng, num_classes, "max_train")
-    test_x, test_y = _select(*test, classes, max_test, rng, num_classes, "max_test")
+    train_x, train_y = _select(*train, classes, max_train, per_class_train, rng, num_classes, "train")
+    test_x, test_y = _select(*test, classes, max_test, per_class_test, rng, num_classes, "test")
     to_float = lambda a: a.astype(np.float32) / 255.0  # noqa: E731 - uint8 pixels to [0, 1]
+    meta = {"name": name, "classes": classes, "max_train": max_train, "max_test": max_test,
+            "split_seed": split_seed}
+    if per_class_train is not None or per_class_test is not None:
+        meta.update(per_class_train=per_class_train, per_class_test=per_class_test)
     return DataBundle(
         train=Split(to_float(train_x), train_y.astype(np.int64)),
         test=Split(to_float(test_x), test_y.astype(np.int64)),
         num_classes=num_classes if classes is None else len(classes),
-        meta={"name": name, "classes": classes, "max_train": max_train, "max_test": max_test,
-              "split_seed": split_seed},
+        meta=meta,
     )
 
 
@@ -112,11 +166,13 @@ def _reject_unknown(name: str, unknown: dict[str, Any]) -> None:
     # These data sets come with a fixed train/test split, so e.g. test_fraction has no meaning.
     if unknown:
         raise ValueError(f"data: key(s) {sorted(unknown)} do not apply to {name!r} "
-                         "(accepted: classes, max_train, max_test, split_seed)")
+                         "(accepted: classes, max_train, max_test, per_class_train, per_class_test, "
+                         "split_seed)")
 
 
 def _load_idx_dataset(dataset: str, data_dir: Path, classes: Sequence[int] | None,
-                      max_train: int | None, max_test: int | None, split_seed: int) -> DataBundle:
+                      max_train: int | None, max_test: int | None, split_seed: int,
+                      per_class_train: int | None, per_class_test: int | None) -> DataBundle:
     arrays = {key: read_idx(_find_idx_file(Path(data_dir), dataset, stem))
               for key, stem in _IDX_FILES.items()}
     for split in ("train", "test"):
@@ -126,25 +182,33 @@ def _load_idx_dataset(dataset: str, data_dir: Path, classes: Sequence[int] | Non
                              "do not match (expected (N, H, W) and (N,))")
     return _bundle(dataset, (arrays["train_x"][:, None], arrays["train_y"].astype(np.int64)),
                    (arrays["test_x"][:, None], arrays["test_y"].astype(np.int64)),
-                   classes, max_train, max_test, split_seed, num_classes=10)
+                   classes, max_train, max_test, split_seed, num_classes=10,
+                   per_class_train=per_class_train, per_class_test=per_class_test)
 
 
 def load_mnist(data_dir: Path, classes: Sequence[int] | None = None, max_train: int | None = None,
-               max_test: int | None = None, split_seed: int = 0, **unknown: Any) -> DataBundle:
-    """MNIST (N, 1, 28, 28) in [0, 1] with its standard 60k/10k split.
+               max_test: int | None = None, split_seed: int = 0, per_class_train: int | None = None,
+               per_class_test: int | None = None, **unknown: Any) -> DataBundle:
+    """MNIST (N, 1, 28, 28), pixels / 255, with its standard 60k/10k split.
 
     ``classes`` restricts and relabels (e.g. [0, 1] = MNIST2); ``max_train``/``max_test`` keep
     a random subset of that size (drawn with ``split_seed``), for quick runs.
+    ``per_class_train``/``per_class_test`` keep instead the first ``n`` images of every class
+    in file order, grouped by class in the order of ``classes`` — the reference code's balanced
+    MNIST2 split is ``classes=[0, 1], per_class_train=5000, per_class_test=980``.
     """
     _reject_unknown("mnist", unknown)
-    return _load_idx_dataset("mnist", data_dir, classes, max_train, max_test, split_seed)
+    return _load_idx_dataset("mnist", data_dir, classes, max_train, max_test, split_seed,
+                             per_class_train, per_class_test)
 
 
 def load_fmnist(data_dir: Path, classes: Sequence[int] | None = None, max_train: int | None = None,
-                max_test: int | None = None, split_seed: int = 0, **unknown: Any) -> DataBundle:
+                max_test: int | None = None, split_seed: int = 0, per_class_train: int | None = None,
+                per_class_test: int | None = None, **unknown: Any) -> DataBundle:
     """Fashion-MNIST, same format and arguments as :func:`load_mnist`."""
     _reject_unknown("fmnist", unknown)
-    return _load_idx_dataset("fmnist", data_dir, classes, max_train, max_test, split_seed)
+    return _load_idx_dataset("fmnist", data_dir, classes, max_train, max_test, split_seed,
+                             per_class_train, per_class_test)
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -165,14 +229,16 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_cifar10(data_dir: Path, classes: Sequence[int] | None = None, max_train: int | None = None,
-                 max_test: int | None = None, split_seed: int = 0, **unknown: Any) -> DataBundle:
+                 max_test: int | None = None, split_seed: int = 0, per_class_train: int | None = None,
+                 per_class_test: int | None = None, **unknown: Any) -> DataBundle:
     """CIFAR-10 (N, 3, 32, 32) RGB in [0, 1] from ``data_dir/cifar-10-batches-py``."""
     _reject_unknown("cifar10", unknown)
     root = Path(data_dir) / "cifar-10-batches-py"
     batches = [_read_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
     train = (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
     test = _read_cifar_batch(root / "test_batch")
-    return _bundle("cifar10", train, test, classes, max_train, max_test, split_seed, num_classes=10)
+    return _bundle("cifar10", train, test, classes, max_train, max_test, split_seed, num_classes=10,
+                   per_class_train=per_class_train, per_class_test=per_class_test)
 
 
 LOADERS: dict[str, Callable[..., DataBundle]] = {

@@ -14,11 +14,13 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
+from .. import kinds as _kinds
 from ..utils import get_logger
 from .activations import ActivationFeatures
 from .fast import IMPLS, GradientEngine
-from .forward import checked_forward, eval_mode, model_device
+from .forward import checked_forward, eval_mode, kernel_device
 from .generic import class_scale, functional_state
 from .inputs import as_input_tensor, cast_input, iter_batches
 from .projection import PROJ_TYPES, BlockProjector
@@ -28,18 +30,23 @@ __all__ = [
     "KINDS",
     "NORMALISED_KINDS",
     "KernelOptions",
+    "NonFiniteKernelError",
+    "check_finite",
     "compute",
     "make_source",
     "block_kernel",
     "block_diag",
     "normalise",
+    "check_same_sample_shape",
 ]
 
-KINDS = ("entk", "trntk", "trntk0", "pntk", "pntk0", "proj-trntk", "proj-pntk", "ck", "em")
-GRADIENT_KINDS = ("entk", "trntk", "trntk0", "pntk", "pntk0")
-PROJECTED_KINDS = ("proj-trntk", "proj-pntk")
-NORMALISED_KINDS = ("trntk", "pntk", "proj-trntk", "proj-pntk", "ck", "em")
-_SUM_OVER_CLASSES = ("pntk", "pntk0", "proj-pntk")
+# Views of the kind registry (ntkbench.kinds), the one source of truth for what a kind is.
+KINDS = _kinds.kind_names()
+PROJECTED_KINDS = tuple(k for k, v in _kinds.KINDS.items() if v.projected)
+NORMALISED_KINDS = tuple(k for k, v in _kinds.KINDS.items() if v.normalised)
+
+# Half precision is refused (see KernelOptions): silently overflowing kernels are worse than none.
+HALF_DTYPES = ("float16", "bfloat16")
 
 # Feature representations up to this size are kept in memory and contracted in one go.
 CACHE_BYTES = 2 << 30
@@ -62,30 +69,37 @@ class KernelOptions:
     impl: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown kernel kind {self.kind!r}; valid kinds: {', '.join(KINDS)}")
-        if self.kind in PROJECTED_KINDS:
+        info = _kinds.kind_info(self.kind)  # a clear error for an unknown kind
+        if info.projected:
             if isinstance(self.proj_dim, bool) or not isinstance(self.proj_dim, int) or self.proj_dim <= 0:
                 raise ValueError(f"proj_dim must be a positive integer, got {self.proj_dim!r}")
             if self.proj_type not in PROJ_TYPES:
                 raise ValueError(f"unknown proj_type {self.proj_type!r}; valid: {', '.join(PROJ_TYPES)}")
-        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.impl not in IMPLS:
             raise ValueError(f"unknown impl {self.impl!r}; valid: {', '.join(IMPLS)}")
         if self.layers is not None and self.kind != "em":
             raise ValueError(f"layers= applies to kind='em' only, not {self.kind!r}")
-        if self.layerwise and self.kind in PROJECTED_KINDS + ("ck",):
+        if self.layerwise and not info.layerwise:
             raise ValueError(
                 f"layerwise=True is not available for {self.kind!r}: "
                 + ("a projection mixes all parameters (cross terms between groups), so it is not a sum over groups"
-                   if self.kind in PROJECTED_KINDS else "the conjugate kernel is not a sum over layers")
+                   if info.projected else "the conjugate kernel is not a sum over layers")
             )
-        if self.importance is not None and self.kind in ("ck", "em"):
+        if self.importance is not None and not info.needs_gradients:
             raise ValueError(f"importance= applies to gradient kernels, not {self.kind!r}")
-        if self.dtype not in ("float32", "float64", "float16", "bfloat16"):
-            raise ValueError(f"dtype must be a floating torch dtype, got {self.dtype!r}")
-        if self.kind in PROJECTED_KINDS:
+        if self.importance is not None and not all(math.isfinite(v) and v >= 0 for v in self.importance):
+            raise ValueError(f"importance= must hold finite, non-negative class weights, got {self.importance}")
+        if self.dtype in HALF_DTYPES:
+            raise ValueError(
+                f"dtype {self.dtype} is not supported for kernels: a kernel value sums gradient products "
+                "over every parameter, which overflows float16 (max 65504) and loses all but 2-3 digits "
+                "in bfloat16; use float32 (the default) or float64"
+            )
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if info.projected:
             self.proj_dim = int(self.proj_dim)
         else:  # irrelevant options are normalised away so provenance compares equal
             self.proj_dim, self.proj_type, self.seed = 0, "", 0
@@ -95,12 +109,16 @@ class KernelOptions:
         return getattr(torch, self.dtype)
 
     @property
+    def info(self) -> _kinds.KernelKind:
+        return _kinds.kind_info(self.kind)
+
+    @property
     def entk(self) -> bool:
-        return self.kind == "entk"
+        return self.info.per_class_blocks
 
     @property
     def normalised(self) -> bool:
-        return self.kind in NORMALISED_KINDS
+        return self.info.normalised
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -112,6 +130,21 @@ class KernelOptions:
         imp = None if importance is None else [float(v) for v in torch.as_tensor(importance, dtype=torch.float64).flatten()]
         lay = None if layers is None else [str(n) for n in ([layers] if isinstance(layers, str) else layers)]
         return cls(kind=kind, dtype=str(dtype).removeprefix("torch."), importance=imp, layers=lay, **kw)
+
+
+class NonFiniteKernelError(FloatingPointError):
+    """A computed kernel holds NaN or inf; the message says which kernel and where."""
+
+
+def check_finite(values: torch.Tensor, what: str) -> None:
+    """Raise :class:`NonFiniteKernelError` if ``values`` holds NaN or inf (``what`` names it)."""
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        first = [int(i) for i in torch.nonzero(bad)[0]]
+        raise NonFiniteKernelError(
+            f"{what}: {int(bad.sum())} non-finite value(s) (NaN/inf), the first at index {first}. "
+            "The network's gradients or activations overflow (diverged or badly scaled weights?)"
+        )
 
 
 class _ProjectedSource:
@@ -147,21 +180,20 @@ def make_source(model: nn.Module, opts: KernelOptions, device: torch.device, pro
     """The feature source for ``opts.kind``; ``probe`` (a few inputs) fixes C and checks shapes."""
     dtype = opts.torch_dtype
     params, others = functional_state(model, device, dtype)
-    if opts.kind in ("ck", "em"):
+    if not opts.info.needs_gradients:
         return ActivationFeatures(model, params, others, opts.kind, opts.layers)
-    from torch.func import functional_call
 
     with torch.no_grad():
         logits = checked_forward(model, probe, lambda t: functional_call(model, {**others, **params}, (t,)))
     num_classes = logits.shape[1]
     scale = class_scale(opts.importance, num_classes, device, dtype)
-    if opts.kind in _SUM_OVER_CLASSES:
+    if opts.info.sum_over_classes:
         weights = torch.ones(num_classes, device=device, dtype=dtype) if scale is None else scale
         mix = (weights / math.sqrt(num_classes)).unsqueeze(1)  # pNTK: (1/C) <sum g, sum g>
     else:
         mix = None if scale is None else torch.diag(scale)
     engine = GradientEngine(model, params, others, impl=opts.impl, mix=mix)
-    if opts.kind in PROJECTED_KINDS:
+    if opts.info.projected:
         projector = BlockProjector(opts.proj_dim, opts.proj_type, opts.seed, device, dtype)
         return _ProjectedSource(engine, projector, opts.batch_size)
     return engine
@@ -351,16 +383,32 @@ def compute(
     X = as_input_tensor(x, "x")
     same = y is None
     Y = X if same else as_input_tensor(y, "y")
-    dev = model_device(model) if device is None else torch.device(device)
+    check_same_sample_shape(X, Y)
+    dev = kernel_device(model, device)
     with eval_mode(model):
         source = make_source(model, opts, dev, cast_input(X[:1], dev, opts.torch_dtype))
         kernel, dx, dy = _kernel_in_memory(source, opts, X, Y, same, dev)
+    what = f"kernel {kind!r} ({X.shape[0]} x {Y.shape[0]})"
+    # The self-kernels first: an infinite one would be normalised to a silent 0.
+    check_finite(dx, f"{what}: self-kernels of x")
+    if dy is not None:
+        check_finite(dy, f"{what}: self-kernels of y")
+    for part, value in (kernel.items() if layerwise else [("", kernel)]):
+        check_finite(value, what + (f", part {part!r}" if part else ""))
     if not opts.normalised:
         return kernel
     dy = dx if dy is None else dy
     if layerwise:
         return {k: normalise(v, dx, dy) for k, v in kernel.items()}
     out = normalise(kernel, dx, dy)
+    check_finite(out, f"normalised {what}")
     if same:
         out.diagonal().fill_(1.0)  # exact, despite rounding differences between blocks
     return out
+
+
+def check_same_sample_shape(X: torch.Tensor, Y: torch.Tensor) -> None:
+    """x and y must hold samples of one shape (a kernel compares like with like)."""
+    if X.shape[1:] != Y.shape[1:]:
+        raise ValueError(f"x and y hold samples of different shapes: {tuple(X.shape[1:])} and "
+                         f"{tuple(Y.shape[1:])}; a kernel needs inputs of one shape")

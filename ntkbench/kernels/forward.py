@@ -7,10 +7,13 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..utils import resolve_device
+
 __all__ = [
     "trainable_parameters",
     "parameter_groups",
     "model_device",
+    "kernel_device",
     "eval_mode",
     "as_logits",
     "checked_forward",
@@ -51,6 +54,24 @@ def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def kernel_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """The device a kernel is computed on (``None``: the model's), checked to be usable.
+
+    Raises ValueError naming the device instead of torch's low-level errors for an invalid
+    name, CUDA / MPS requested where it is not available, a CUDA index that does not exist, or
+    the ``meta`` device (which holds shapes, not values), and for a model whose parameters
+    are on ``meta`` (built without weights).
+    """
+    meta = [name for name, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise ValueError(
+            f"model {type(model).__name__} has parameters on the 'meta' device (no values), e.g. "
+            f"{meta[0]!r}; load or initialise its weights before computing a kernel"
+        )
+    # A model's own device is usable; a requested one is checked like a config's device.
+    return model_device(model) if device is None else resolve_device(device)
 
 
 @contextlib.contextmanager

@@ -55,6 +55,14 @@ def as_input_tensor(x: Any, name: str = "x") -> torch.Tensor:
         raise ValueError(f"{name}: expected a batch of inputs (N, ...), got a scalar")
     if out.shape[0] == 0:
         raise ValueError(f"{name}: no samples (shape {tuple(out.shape)})")
+    if out.is_floating_point() or out.is_complex():
+        finite = torch.isfinite(out)
+        bad = ~(finite.flatten(1).all(dim=1) if out.dim() > 1 else finite)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name}: {int(bad.sum())} of {out.shape[0]} samples hold non-finite values (NaN/inf), "
+                f"the first is sample {int(torch.nonzero(bad)[0])}; a kernel on them would be meaningless"
+            )
     return out
 
 

@@ -19,32 +19,36 @@ import h5py
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from .. import __version__
 from .. import store
 from ..utils import get_logger
 from .api import (
     CACHE_BYTES,
-    PROJECTED_KINDS,
     KernelOptions,
+    NonFiniteKernelError,
     _nbytes,
     block_diag,
     block_kernel,
+    check_same_sample_shape,
     make_source,
     normalise,
 )
-from .forward import eval_mode, model_device
+from .forward import checked_forward, eval_mode, kernel_device
+from .generic import functional_state
 from .inputs import as_input_tensor, cast_input
 from .reps import DenseGrad
 
-__all__ = ["compute_to_hdf5"]
+__all__ = ["compute_to_hdf5", "identity_options", "provenance"]
 
 _LOG = get_logger(__name__)
 # Options that do not change the values (only speed/placement) may differ on resume.
 _NON_IDENTITY_OPTIONS = ("batch_size", "impl")
 
 
-def _identity_options(opts: KernelOptions) -> str:
+def identity_options(opts: KernelOptions) -> str:
+    """The options JSON that identifies a kernel's values (checked on resume and on read)."""
     data = json.loads(opts.to_json())
     for key in _NON_IDENTITY_OPTIONS:
         data.pop(key, None)
@@ -101,7 +105,7 @@ def compute_to_hdf5(
     if options.get("layerwise"):
         raise ValueError("compute_to_hdf5 does not support layerwise=True; use kernels.compute(..., layerwise=True)")
     options.pop("layerwise", None)
-    if not isinstance(block_size, int) or block_size <= 0:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     device = options.pop("device", None)
     dtype = options.pop("dtype", torch.float32)
@@ -114,33 +118,17 @@ def compute_to_hdf5(
     X = as_input_tensor(x, "x")
     same = y is None
     Y = X if same else as_input_tensor(y, "y")
-    dev = model_device(model) if device is None else torch.device(device)
+    check_same_sample_shape(X, Y)
+    dev = kernel_device(model, device)
+    if os.path.exists(path) and not h5py.is_hdf5(path):
+        raise ValueError(f"{path} exists and is not an HDF5 kernel file; delete it or write elsewhere")
     N, M = X.shape[0], Y.shape[0]
     nbr, nbc = math.ceil(N / block_size), math.ceil(M / block_size)
-    np_dtype = np.dtype(opts.dtype) if opts.dtype in ("float32", "float64", "float16") else np.dtype("float32")
+    np_dtype = np.dtype(opts.dtype)  # float32 or float64: KernelOptions refuses half precision
 
     with eval_mode(model):
         source = make_source(model, opts, dev, cast_input(X[:1], dev, opts.torch_dtype))
-        num_classes = _num_classes(model, opts, dev, X) if opts.entk else None
-        tail = (num_classes, num_classes) if opts.entk else ()
-        fp_x = store.tensor_fingerprint(X)
-        identity = {
-            "kind": kind,
-            "identity_options": _identity_options(opts),
-            "model_fingerprint": store.model_fingerprint(model),
-            "data_fingerprint_x": fp_x,
-            "data_fingerprint_y": fp_x if same else store.tensor_fingerprint(Y),
-            "block_size": block_size,
-            "kernel_shape": json.dumps([N, M, *tail]),
-            "same_data": same,
-        }
-        extra = {
-            "options": opts.to_json(),
-            "ntkbench_version": __version__,
-            "torch_version": torch.__version__,
-            "normalised": opts.normalised,
-            **(attrs or {}),
-        }
+        identity, extra, tail = provenance(model, opts, X, None if same else Y, block_size, attrs, dev)
         with h5py.File(path, "a") as f:
             grp, resumed = store.open_kernel_group(
                 f, group, identity, (N, M, *tail), (N, *tail), (M, *tail), (nbr, nbc), block_size, np_dtype, extra
@@ -150,28 +138,64 @@ def compute_to_hdf5(
                     _LOG.info("%s:%s is already complete", path, group)
                     return group
                 _LOG.info("resuming %s:%s (%d/%d blocks done)", path, group, int(grp["blocks_done"][...].sum()), nbr * nbc)
-            _run(grp, source, opts, X, Y, same, dev, block_size, progress, f"{os.path.basename(str(path))}:{group}")
+            _run(grp, source, opts, X, Y, same, dev, block_size, progress, f"{os.fspath(path)}:{group}")
             grp.attrs["complete"] = True
             grp.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             f.flush()
     return group
 
 
+def provenance(model: nn.Module, opts: KernelOptions, X: torch.Tensor, Y: torch.Tensor | None, block_size: int,
+               attrs: Mapping[str, Any] | None, dev: torch.device) -> tuple[dict, dict, tuple[int, ...]]:
+    """(identity attributes, other attributes, class dims) of the kernel of ``X`` x ``Y``
+    (``Y=None``: X x X): what every file of this kernel carries, however it was computed."""
+    same = Y is None
+    Y = X if same else Y
+    num_classes = _num_classes(model, opts, dev, X) if opts.entk else None
+    tail = (num_classes, num_classes) if opts.entk else ()
+    fp_x = store.tensor_fingerprint(X)
+    identity = {
+        "kind": opts.kind,
+        "identity_options": identity_options(opts),
+        "model_fingerprint": store.model_fingerprint(model),
+        "data_fingerprint_x": fp_x,
+        "data_fingerprint_y": fp_x if same else store.tensor_fingerprint(Y),
+        "block_size": block_size,
+        "kernel_shape": json.dumps([X.shape[0], Y.shape[0], *tail]),
+        "same_data": same,
+    }
+    extra = {
+        "options": opts.to_json(),
+        "ntkbench_version": __version__,
+        "torch_version": torch.__version__,
+        "normalised": opts.normalised,
+        **(attrs or {}),
+    }
+    return identity, extra, tail
+
+
 def _num_classes(model, opts, dev, X) -> int:
-    from torch.func import functional_call
-
-    from .forward import checked_forward
-    from .generic import functional_state
-
     params, others = functional_state(model, dev, opts.torch_dtype)
     with torch.no_grad():
         xb = cast_input(X[:1], dev, opts.torch_dtype)
         return checked_forward(model, xb, lambda t: functional_call(model, {**others, **params}, (t,))).shape[1]
 
 
+def _check_block(values: np.ndarray, label: str, what: str) -> None:
+    """Raise :class:`NonFiniteKernelError` naming file, group and block if ``values`` has NaN/inf."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = np.argwhere(bad)[0].tolist()
+        raise NonFiniteKernelError(
+            f"{label}: {what} holds {int(bad.sum())} non-finite value(s) (NaN/inf), the first at "
+            f"{first} within the block; the group is left incomplete. The network's gradients or "
+            "activations overflow (diverged or badly scaled weights?)"
+        )
+
+
 def _run(grp, source, opts, X, Y, same, dev, bs, progress, label) -> None:
     dtype, entk = opts.torch_dtype, opts.entk
-    projected = opts.kind in PROJECTED_KINDS
+    projected = opts.info.projected
     nbr, nbc = math.ceil(X.shape[0] / bs), math.ceil(Y.shape[0] / bs)
 
     def features(data: torch.Tensor, which: str, b: int) -> dict:
@@ -198,10 +222,11 @@ def _run(grp, source, opts, X, Y, same, dev, bs, progress, label) -> None:
                     grp.create_dataset(name, shape=(data.shape[0],) + tuple(feats.shape[1:]), dtype=grp["kernel"].dtype,
                                        chunks=(min(bs, data.shape[0]),) + tuple(feats.shape[1:]))
                 grp[name][sl] = feats.cpu().numpy()
-            diag = block_diag(reps, entk)
-            grp[dname][sl] = diag.cpu().numpy()
+            diag = block_diag(reps, entk).cpu().numpy()
+            _check_block(diag, label, f"self-kernels of {which}, block {b} (rows {sl.start}:{sl.start + len(diag)})")
+            grp[dname][sl] = diag
             if same:
-                grp["diag_y"][sl] = diag.cpu().numpy()
+                grp["diag_y"][sl] = diag
             store.mark_done(grp, "diag_done", offset + b)
             bar.step()
     diag_x = torch.from_numpy(grp["diag_x"][...]).to(dev)
@@ -231,9 +256,13 @@ def _run(grp, source, opts, X, Y, same, dev, bs, progress, label) -> None:
         rs, cs = slice(i * bs, (i + 1) * bs), slice(j * bs, (j + 1) * bs)
         if opts.normalised:
             k = normalise(k, diag_x[rs], diag_y[cs])
-            if same and i == j:
-                k.diagonal().fill_(1.0)
         block = k.cpu().numpy()
+        # Checked before it is written and flagged done (and before the unit diagonal is
+        # forced), so a non-finite kernel is never marked complete.
+        _check_block(block, label, f"kernel block ({i}, {j}) (rows {rs.start}:{rs.start + block.shape[0]}, "
+                                   f"columns {cs.start}:{cs.start + block.shape[1]})")
+        if opts.normalised and same and i == j:
+            np.fill_diagonal(block, 1.0)
         grp["kernel"][rs, cs] = block
         n_done = 1
         if same and i != j:

@@ -62,11 +62,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
 
 
 def _import_zoo() -> None:
-    # Importing the modules runs their @register decorators.
-    from ntkbench.models import classifiers  # noqa: F401
-
-    for optional in ("tms", "modmlp", "shan_cnn"):
-        try:
-            __import__(f"ntkbench.models.{optional}")
-        except ImportError:
-            pass
+    # Importing the modules runs their @register decorators. Static imports, so that code
+    # fingerprints (ntkbench.provenance) see every model module.
+    from ntkbench.models import classifiers, modmlp, reference, shan_cnn, tms, transformer  # noqa: F401

@@ -27,13 +27,14 @@ __all__ = ["CliffParams", "Cliff", "detect_cliffs", "cliff_segments", "format_po
 
 @dataclass(frozen=True)
 class CliffParams:
-    """Detector settings (config ``spectral.<task>.cliffs``)."""
+    """Detector settings (config ``spectral.<task>.cliffs``, whose schema defaults the workflow
+    uses; these library defaults equal the modular-addition ones, a test keeps them equal)."""
 
     min_ratio: float = 1.05
     min_contrast: float = 6.0
     window: int = 10
     trim: int = 2
-    min_separation: int = 2
+    min_separation: int = 3
     max_cliffs: int | None = None
     rel_floor: float = 1e-9
 
@@ -63,6 +64,9 @@ def gap_contrast(eigenvalues: Sequence[float], window: int = 10, trim: int = 2,
                  rel_floor: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
     """Log-gaps g (length k−1, g[i−1] = log λ_i/λ_{i+1}) and their contrast g / local baseline."""
     ev = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    if not np.isfinite(ev).all():
+        raise ValueError(f"eigenvalues hold {int((~np.isfinite(ev)).sum())} non-finite value(s) (NaN/inf); "
+                         "no cliff can be detected in them")
     if ev.size and np.any(np.diff(ev) > 1e-9 * max(abs(ev[0]), 1e-300)):
         raise ValueError("eigenvalues must be sorted in descending order")
     keep = ev > rel_floor * ev[0] if ev.size and ev[0] > 0 else np.zeros(ev.size, bool)

@@ -93,6 +93,13 @@ def _fix_signs(vectors: np.ndarray) -> np.ndarray:
     return vectors * signs
 
 
+def _check_finite(a: np.ndarray | torch.Tensor, what: str) -> None:
+    """Eigenpairs of a matrix with NaN/inf are meaningless (LAPACK returns NaN or fails obscurely)."""
+    finite = torch.isfinite(a).all() if isinstance(a, torch.Tensor) else np.isfinite(a).all()
+    if not bool(finite):
+        raise ValueError(f"{what} holds non-finite values (NaN/inf); its eigenpairs would be meaningless")
+
+
 def _check_k(k: int, dim: int) -> int:
     if k < 1:
         raise ValueError(f"number of eigenpairs must be >= 1, got {k}")
@@ -105,6 +112,7 @@ def topk_eigh(matrix: Any, k: int) -> TopEig:
     a = _to_numpy(matrix).astype(np.float64, copy=False)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"topk_eigh expects a square matrix, got shape {a.shape}")
+    _check_finite(a, "topk_eigh: the matrix")
     n = a.shape[0]
     k = _check_k(k, n)
     a = torch.from_numpy(0.5 * (a + a.T))
@@ -126,6 +134,7 @@ def topk_from_jacobian(jac: Any, k: int, *, chunk: int = 8192) -> TopEig:
     j = jac if isinstance(jac, torch.Tensor) else torch.from_numpy(np.asarray(jac))
     if j.ndim != 2:
         raise ValueError(f"topk_from_jacobian expects a flattened (M, P) Jacobian, got {tuple(j.shape)}")
+    _check_finite(j, "topk_from_jacobian: the Jacobian")
     m, p = j.shape
     k = _check_k(k, min(m, p))
     if p > m:
@@ -165,6 +174,7 @@ def topk_class_weighted(jac: Any, k: int, class_weights: Sequence[Any]) -> list[
     j = jac if isinstance(jac, torch.Tensor) else torch.from_numpy(np.asarray(jac))
     if j.ndim != 3:
         raise ValueError(f"topk_class_weighted expects a (N, C, P) Jacobian, got {tuple(j.shape)}")
+    _check_finite(j, "topk_class_weighted: the Jacobian")
     n, c, p = j.shape
     if p > n * c:
         raise ValueError(f"topk_class_weighted needs P <= N·C (got P={p}, N·C={n * c}); use topk_from_jacobian")
@@ -172,6 +182,7 @@ def topk_class_weighted(jac: Any, k: int, class_weights: Sequence[Any]) -> list[
     for w in weights:
         if w.numel() != c:
             raise ValueError(f"class weights have {w.numel()} entries, the Jacobian has C={c} classes")
+        _check_finite(w, "topk_class_weighted: class weights")
     grams = [np.zeros((p, p)) for _ in weights]
     for cls in range(c):
         block = np.ascontiguousarray(j[:, cls, :].to(torch.float64).numpy())
@@ -213,7 +224,11 @@ def topk_matrix_free(matvec: Callable[[np.ndarray], np.ndarray], dim: int, k: in
 
     def mv(v: np.ndarray) -> np.ndarray:
         count["n"] += 1
-        return np.asarray(matvec(np.asarray(v, dtype=np.float64).ravel()), dtype=np.float64).ravel()
+        out = np.asarray(matvec(np.asarray(v, dtype=np.float64).ravel()), dtype=np.float64).ravel()
+        if out.shape != (dim,):
+            raise ValueError(f"topk_matrix_free: matvec returned shape {out.shape}, expected ({dim},)")
+        _check_finite(out, f"topk_matrix_free: the operator's product #{count['n']}")
+        return out
 
     op = scipy.sparse.linalg.LinearOperator((dim, dim), matvec=mv, dtype=np.float64)
     v0 = np.random.default_rng(seed).standard_normal(dim)

@@ -29,6 +29,8 @@ __all__ = [
     "checkpoint_spectra",
     "cliff_table",
     "overlap_table",
+    "CLIFF_TABLE_COLUMNS",
+    "OVERLAP_TABLE_COLUMNS",
     "cliff_heatmaps",
     "full_entk_top",
 ]
@@ -91,6 +93,22 @@ def _family_overlaps(vectors: np.ndarray, fams: dict[str, np.ndarray]) -> dict[s
 
 
 FAMILY_COLUMNS = {"a": "overlap_a", "b": "overlap_b", "a+b": "overlap_sum", "a-b": "overlap_diff"}
+#: Columns of :func:`cliff_table` and :func:`overlap_table` rows, in order: build the data
+#: frames with ``pd.DataFrame(rows, columns=...)`` so that a table without rows still has them.
+CLIFF_TABLE_COLUMNS = ("epoch", "layer", "cliff", "start", "end", "size", "ratio", "contrast",
+                       *FAMILY_COLUMNS.values())
+OVERLAP_TABLE_COLUMNS = ("epoch", "layer", "block", "start", "end", "drop_ratio", "detected",
+                         *FAMILY_COLUMNS.values())
+
+
+def _drop_ratio(ev: np.ndarray, end: int) -> float:
+    """λ_end / λ_end+1 (1-based): the drop after the first ``end`` modes; NaN when the spectrum
+    holds fewer than end + 1 values, inf when the next mode is zero or round-off below it."""
+    if end < 1 or end >= len(ev) or not np.isfinite(ev[end - 1]) or not np.isfinite(ev[end]):
+        return float("nan")
+    if ev[end] <= 0:
+        return float("inf") if ev[end - 1] > 0 else float("nan")
+    return float(ev[end - 1] / ev[end])
 
 
 def cliff_table(spectra: dict[str, Any], pairs: np.ndarray, p: int, params: CliffParams) -> list[dict[str, Any]]:
@@ -120,6 +138,9 @@ def overlap_table(spectra: dict[str, Any], pairs: np.ndarray, p: int, params: Cl
     """Per (epoch, layer, expected block): the family overlaps of the p-derived blocks
     (cliff 1 = modes 1..2(p−1), cliff 2 = the next 2(p−1)), the drop ratio at the block's end and
     whether the detector found a cliff there. overlap_sum of cliff2 is the grokking tracker.
+
+    Every (epoch, layer, block) has a row; when the spectrum holds too few eigenvectors for a
+    block its overlaps are NaN, and too few eigenvalues make its drop ratio NaN.
     """
     fams = fourier_families(pairs, p)
     blocks = {k: v for k, v in expected_cliffs(p).items() if k != "top"}
@@ -130,11 +151,14 @@ def overlap_table(spectra: dict[str, Any], pairs: np.ndarray, p: int, params: Cl
             ev = spectra["eigenvalues"][t, l]
             found = {c.position for c in detect_cliffs(ev, params)}
             for name, (start, end) in blocks.items():
-                if end > n_vec or end >= len(ev):
-                    continue
-                ov = _family_overlaps(spectra["eigenvectors"][t, l][:, start:end], fams)
+                # A block beyond the stored eigenvectors / eigenvalues gets NaN, never a number
+                # from a truncated block (config validation requires top_k >= 4p − 2).
+                if end <= n_vec:
+                    ov = _family_overlaps(spectra["eigenvectors"][t, l][:, start:end], fams)
+                else:
+                    ov = {f: float("nan") for f in FAMILIES}
                 rows.append({"epoch": int(epoch), "layer": str(layer), "block": name, "start": start,
-                             "end": end, "drop_ratio": float(ev[end - 1] / ev[end]),
+                             "end": end, "drop_ratio": _drop_ratio(ev, end),
                              "detected": end in found,
                              **{FAMILY_COLUMNS[f]: v for f, v in ov.items()}})
     return rows
@@ -146,7 +170,8 @@ def cliff_heatmaps(vectors: np.ndarray, pairs: np.ndarray, p: int) -> dict[str, 
 
     Columns after rotation are ordered [first family…, second family…] (a, b for cliff 1;
     a+b, a−b for cliff 2), so a clean result is block-diagonal with two columns (cos, sin
-    phases) per frequency.
+    phases) per frequency. A block beyond the given eigenvectors is left out (its keys are
+    missing), so the result may be empty.
     """
     fams = fourier_families(pairs, p)
     out = {}

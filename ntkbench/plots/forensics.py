@@ -11,6 +11,7 @@ from ntkbench.plots import plt, save_figure
 from ntkbench.tables import KERNEL_DISPLAY_NAMES as KERNEL_LABELS
 
 if TYPE_CHECKING:
+    from ntkbench.data import DataBundle
     from ntkbench.forensics import ForensicsResult
 
 __all__ = ["plot_forensic_neighbours", "plot_forensics_result"]
@@ -97,13 +98,10 @@ def plot_forensic_neighbours(path: str | Path, test_images: np.ndarray, test_tru
     save_figure(fig, path)
 
 
-def plot_forensics_result(path: str | Path, result: "ForensicsResult", data_path: str | Path,
+def plot_forensics_result(path: str | Path, result: "ForensicsResult", bundle: "DataBundle",
                           min_poisoned: int, title: str = "") -> None:
     """Draw :func:`plot_forensic_neighbours` for a :class:`ntkbench.forensics.ForensicsResult`
     (first seed's kernels) with the images of its data bundle."""
-    from ntkbench.data import load_bundle
-
-    bundle = load_bundle(data_path)
     rows = result.example_rows
     poisoned_idx = bundle.extra["poisoned_train_idx"]
     plot_forensic_neighbours(

@@ -1,15 +1,16 @@
-"""Workflow stages of the spectral analysis (SPEC §4): one function per Snakemake rule.
+"""Stages of the spectral analysis (SPEC §4): Toy Models of Superposition and modular addition.
 
-Each stage reads its inputs from paths, works through the library and writes its outputs
-atomically; ``workflow_scripts/tms_*.py`` and ``workflow_scripts/modadd_*.py`` only unpack
-``snakemake`` and call these, so every stage is importable and testable on its own.
+TMS: train per (m, S) run -> flattened-eNTK eigen-analysis per run (all betas) -> table and
+figures. Modular addition: train with checkpoints -> class-averaged spectra at every
+checkpoint, and the full flattened eNTK at the final one -> CSVs and figures. Cliffs are
+detected here, once, and handed to the figures.
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,15 +19,34 @@ import torch
 from ntkbench import models
 from ntkbench.data.modadd import make_modadd_data
 from ntkbench.data.tms import importance_weights, make_tms_data
+from ntkbench.plots.spectral import (
+    plot_modadd_full_spectrum,
+    plot_modadd_grokking,
+    plot_modadd_heatmaps,
+    plot_modadd_spectra,
+    plot_tms_heatmaps,
+    plot_tms_spectra,
+)
 from ntkbench.spectral.cliffs import CliffParams, detect_cliffs, format_positions
+from ntkbench.spectral.modadd import (
+    CLIFF_TABLE_COLUMNS,
+    OVERLAP_TABLE_COLUMNS,
+    checkpoint_spectra,
+    cliff_heatmaps,
+    cliff_table,
+    full_entk_top,
+    overlap_table,
+)
+from ntkbench.spectral.tms import n_represented, tms_spectra
+from ntkbench.stages.common import write_csv
+from ntkbench.training.health import check_training
+from ntkbench.training.modadd import train_modadd
+from ntkbench.training.tms import train_tms
 from ntkbench.utils import atomic_path, atomic_savez, get_logger, resolve_device, seed_everything
 
 log = get_logger(__name__)
 
 __all__ = [
-    "tms_run_name",
-    "tms_runs",
-    "modadd_experiment_config",
     "tms_train_stage",
     "tms_spectrum_stage",
     "tms_report_stage",
@@ -35,38 +55,6 @@ __all__ = [
     "modadd_full_stage",
     "modadd_report_stage",
 ]
-
-# Detector settings used when the config's ``cliffs`` block leaves a key out.
-TMS_CLIFF_DEFAULTS = {"min_ratio": 1.15, "min_contrast": 4.0, "window": 10, "trim": 2, "min_separation": 3}
-MODADD_CLIFF_DEFAULTS = {"min_ratio": 1.05, "min_contrast": 6.0, "window": 10, "trim": 2, "min_separation": 3}
-
-
-def _write_csv(df: pd.DataFrame, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-
-
-# ----------------------------------------------------------------------------- config helpers
-def tms_run_name(m: int, sparsity: float) -> str:
-    """Directory name of one TMS run, e.g. ``m10_S0.3``."""
-    return f"m{int(m)}_S{float(sparsity):g}"
-
-
-def tms_runs(tms_cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{run name: {"m", "sparsity"}} in config order."""
-    return {tms_run_name(r["m"], r["sparsity"]): {"m": int(r["m"]), "sparsity": float(r["sparsity"])}
-            for r in tms_cfg["runs"]}
-
-
-def modadd_experiment_config(modadd_cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    """Settings of one modular-addition experiment: the block's shared values, overridden by
-    the experiment's own entry (p, width, train_fraction, seeds, epochs, ...)."""
-    exps = modadd_cfg["experiments"]
-    if name not in exps:
-        raise KeyError(f"spectral.modadd.experiments has no experiment {name!r} (has {sorted(exps)})")
-    merged = {k: v for k, v in modadd_cfg.items() if k != "experiments"}
-    merged.update(exps[name] or {})
-    return merged
 
 
 # ----------------------------------------------------------------------------- TMS
@@ -79,24 +67,23 @@ def tms_train_stage(run: dict[str, Any], cfg: dict[str, Any], device: str, out_m
     seed_everything(int(cfg["seed"]))
     spec = {"name": "tms", "n_features": n, "n_hidden": int(run["m"])}
     model = models.build(spec)
-    from ntkbench.training.tms import train_tms
-
     log.info("TMS m=%d S=%g: %d points, %d features, %d steps on %s", run["m"], run["sparsity"],
              len(x), n, cfg["steps"], dev)
     curve = train_tms(model, x, importance_weights(n, cfg["importance"]).float(), lr=float(cfg["lr"]),
                       steps=int(cfg["steps"]), device=dev)
+    check_training(model, curve, loss_column="loss", allow_failure=bool(cfg["allow_divergence"]),
+                   what=f"TMS training m={run['m']}, S={run['sparsity']:g}",
+                   hint="lower spectral.tms.lr, or set spectral.tms.allow_divergence: true to keep it")
     norms = model.feature_norms().cpu()
     log.info("final loss %.4g; (WᵀW)_ii >= 0.75 for %d of %d features", curve["loss"].iloc[-1],
              int((norms >= 0.75).sum()), n)
     models.save_checkpoint(out_model, model.cpu(), spec, data=x, run=dict(run),
                            importance=float(cfg["importance"]))
-    _write_csv(curve, out_curve)
+    write_csv(curve, out_curve)
 
 
 def tms_spectrum_stage(model_path: str | Path, cfg: dict[str, Any], device: str, out_npz: str | Path) -> None:
     """Top eigenpairs of the flattened eNTK for every β; store spectra and alignment heatmaps."""
-    from ntkbench.spectral.tms import n_represented, tms_spectra
-
     dev = resolve_device(device)
     model, ckpt = models.load_checkpoint(model_path, device=dev)
     x = ckpt["data"].float()
@@ -125,9 +112,7 @@ def tms_spectrum_stage(model_path: str | Path, cfg: dict[str, Any], device: str,
 def tms_report_stage(run_paths: Sequence[str | Path], cfg: dict[str, Any], out_csv: str | Path,
                      out_spectra: str | Path, out_heatmaps: str | Path) -> pd.DataFrame:
     """tms.csv (one row per (m, S, β)) and the spectrum and alignment figures."""
-    from ntkbench.plots_spectral import plot_tms_heatmaps, plot_tms_spectra
-
-    params = CliffParams.from_config({**TMS_CLIFF_DEFAULTS, **(cfg.get("cliffs") or {})})
+    params = CliffParams.from_config(cfg["cliffs"])
     rows, runs = [], []
     for path in run_paths:
         with np.load(path) as z:
@@ -147,7 +132,7 @@ def tms_report_stage(run_paths: Sequence[str | Path], cfg: dict[str, Any], out_c
                          "eig_seconds": float(run["seconds"][b][1])})
         runs.append(run)
     table = pd.DataFrame(rows)
-    _write_csv(table, out_csv)
+    write_csv(table, out_csv)
     for row in rows:
         log.info("m=%d S=%g β=%g: %d represented, cliffs [%s], alignment %.2f, mean best |cos| %.3f",
                  row["m"], row["sparsity"], row["beta"], row["n_represented"], row["cliffs"],
@@ -166,8 +151,6 @@ def _drop_after(ev: np.ndarray, n: int) -> float:
 def modadd_train_stage(cfg: dict[str, Any], seed: int, device: str, out_checkpoints: str | Path,
                        out_curve: str | Path) -> None:
     """Train the modular-addition MLP; save every checkpoint (one file) and the per-epoch curve."""
-    from ntkbench.training.modadd import train_modadd
-
     dev = resolve_device(device)
     data = make_modadd_data(int(cfg["p"]), float(cfg["train_fraction"]), int(cfg["split_seed"]))
     seed_everything(int(seed))
@@ -179,12 +162,17 @@ def modadd_train_stage(cfg: dict[str, Any], seed: int, device: str, out_checkpoi
     curve, states = train_modadd(model, data, lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]),
                                  epochs=int(cfg["epochs"]), checkpoint_every=int(cfg["checkpoint_every"]),
                                  device=dev)
+    with torch.no_grad():
+        train_out = model(data.x[data.train_idx].to(dev))
+    check_training(model, curve, train_out, data.y[data.train_idx], data.p,
+                   allow_failure=bool(cfg["allow_divergence"]), what=f"modular-addition training p={data.p}, seed {seed}",
+                   hint="lower the learning rate, or set allow_divergence: true in the modadd block to keep it")
     with atomic_path(out_checkpoints) as tmp:
         torch.save({"spec": spec, "seed": int(seed), "states": states,
                     "train_idx": torch.from_numpy(data.train_idx),
                     "data": {"p": data.p, "train_fraction": float(cfg["train_fraction"]),
                              "split_seed": int(cfg["split_seed"])}}, tmp)
-    _write_csv(curve, out_curve)
+    write_csv(curve, out_curve)
 
 
 def _load_modadd(path: str | Path, device: torch.device):
@@ -196,11 +184,10 @@ def _load_modadd(path: str | Path, device: torch.device):
 
 def modadd_spectra_stage(checkpoints: str | Path, cfg: dict[str, Any], device: str, out_npz: str | Path) -> None:
     """Class-averaged eNTK (total and per layer) on all p² points at every checkpoint; top-k eigenpairs."""
-    from ntkbench.spectral.modadd import checkpoint_spectra
-
     dev = resolve_device(device)
     ckpt, data, model = _load_modadd(checkpoints, dev)
-    n_vectors = cfg.get("store_vectors") or 4 * data.p + 4
+    # null = 4p + 4: both cliffs (2·2(p−1) modes), the top mode and a margin
+    n_vectors = 4 * data.p + 4 if cfg["store_vectors"] is None else cfg["store_vectors"]
     n_vectors = min(int(n_vectors), int(cfg["top_k"]), data.p ** 2)
     start = time.perf_counter()
     res = checkpoint_spectra(model, data.x.to(dev), ckpt["states"], top_k=int(cfg["top_k"]),
@@ -214,8 +201,6 @@ def modadd_spectra_stage(checkpoints: str | Path, cfg: dict[str, Any], device: s
 
 def modadd_full_stage(checkpoints: str | Path, cfg: dict[str, Any], device: str, out_npz: str | Path) -> None:
     """Top eigenpairs of the full flattened eNTK ((p²·p)²) at the final checkpoint, matrix-free."""
-    from ntkbench.spectral.modadd import full_entk_top
-
     dev = resolve_device(device)
     ckpt, data, model = _load_modadd(checkpoints, dev)
     epoch = max(ckpt["states"])
@@ -235,15 +220,7 @@ def modadd_report_stage(seeds: Sequence[int], curve_paths: Sequence[str | Path],
                         spectra_paths: Sequence[str | Path], full_paths: Sequence[str | Path],
                         cfg: dict[str, Any], outputs: dict[str, str | Path]) -> dict[str, pd.DataFrame]:
     """Every CSV and figure of one modular-addition experiment (all seeds; a ``seed`` column)."""
-    from ntkbench.plots_spectral import (
-        plot_modadd_full_spectrum,
-        plot_modadd_grokking,
-        plot_modadd_heatmaps,
-        plot_modadd_spectra,
-    )
-    from ntkbench.spectral.modadd import cliff_heatmaps, cliff_table, overlap_table
-
-    params = CliffParams.from_config({**MODADD_CLIFF_DEFAULTS, **(cfg.get("cliffs") or {})})
+    params = CliffParams.from_config(cfg["cliffs"])
     curves, spectra_rows, cliff_rows, overlap_rows, full_rows = [], [], [], [], []
     figures: dict[int, dict[str, Any]] = {}
     for seed, curve_path, spec_path, full_path in zip(seeds, curve_paths, spectra_paths, full_paths):
@@ -261,8 +238,10 @@ def modadd_report_stage(seeds: Sequence[int], curve_paths: Sequence[str | Path],
             "eigenvalue": ev.ravel(),
             "seed": seed,
         }))
-        cliff_rows.append(pd.DataFrame(cliff_table(spectra, spectra["pairs"], p, params)).assign(seed=seed))
-        overlaps = pd.DataFrame(overlap_table(spectra, spectra["pairs"], p, params)).assign(seed=seed)
+        cliff_rows.append(pd.DataFrame(cliff_table(spectra, spectra["pairs"], p, params),
+                                       columns=list(CLIFF_TABLE_COLUMNS)).assign(seed=seed))
+        overlaps = pd.DataFrame(overlap_table(spectra, spectra["pairs"], p, params),
+                                columns=list(OVERLAP_TABLE_COLUMNS)).assign(seed=seed)
         overlaps = overlaps.merge(curve[["epoch", "train_acc", "test_acc"]], on="epoch", how="left")
         overlap_rows.append(overlaps)
         with np.load(full_path) as z:
@@ -289,10 +268,12 @@ def modadd_report_stage(seeds: Sequence[int], curve_paths: Sequence[str | Path],
         "full_spectrum": pd.concat(full_rows, ignore_index=True),
     }
     for name, df in tables.items():
-        _write_csv(df, outputs[name])
+        write_csv(df, outputs[name])
     _log_summary(tables, params)
     first = figures[seeds[0]]
-    plot_modadd_spectra(first["spectra"], first["curve"], params, outputs["spectra_figure"], seed=seeds[0])
+    ev = first["spectra"]["eigenvalues"]  # (checkpoints, layers, modes)
+    first_last = [(detect_cliffs(ev[0, l], params), detect_cliffs(ev[-1, l], params)) for l in range(ev.shape[1])]
+    plot_modadd_spectra(first["spectra"], first["curve"], first_last, outputs["spectra_figure"], seed=seeds[0])
     plot_modadd_grokking(tables["overlap"], tables["training_curve"], outputs["grokking_figure"], params)
     plot_modadd_heatmaps(first["heatmaps"], int(first["spectra"]["p"]), first["curve"], outputs["heatmap_figure"],
                          seed=seeds[0])

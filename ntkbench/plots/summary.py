@@ -1,26 +1,15 @@
-"""Figures of the main DAG (faithfulness summary). Written atomically as PNG."""
+"""Figure of the main DAG: faithfulness (τ, TAD) of every kernel surrogate."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # headless: workflow jobs and CI have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from ntkbench.plots import plt, save_figure
+from ntkbench.tables import KERNEL_DISPLAY_NAMES
 
-from ntkbench.tables import KERNEL_DISPLAY_NAMES  # noqa: E402
-from ntkbench.utils import atomic_path  # noqa: E402
-
-__all__ = ["save_figure", "plot_faithfulness_summary"]
-
-
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 150) -> None:
-    """Save ``fig`` to ``path`` atomically and close it."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+__all__ = ["plot_faithfulness_summary"]
 
 
 def plot_faithfulness_summary(summary: pd.DataFrame, path: str | Path) -> None:

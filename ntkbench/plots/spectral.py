@@ -6,23 +6,20 @@ PNG files are written atomically (Agg backend).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ntkbench.spectral.cliffs import CliffParams, detect_cliffs  # noqa: E402
-from ntkbench.spectral.features import FAMILIES  # noqa: E402
-from ntkbench.spectral.modadd import expected_cliffs  # noqa: E402
-from ntkbench.plots import save_figure  # noqa: E402
+from ntkbench.plots import plt, save_figure
+from ntkbench.spectral.cliffs import Cliff, CliffParams
+from ntkbench.spectral.features import FAMILIES
+from ntkbench.spectral.modadd import expected_cliffs
 
 __all__ = [
-    "save_figure",
     "plot_tms_spectra",
     "plot_tms_heatmaps",
     "plot_modadd_spectra",
@@ -80,8 +77,6 @@ def plot_tms_spectra(runs: Sequence[dict[str, Any]], cfg: dict[str, Any], path: 
 
 def plot_tms_heatmaps(runs: Sequence[dict[str, Any]], cfg: dict[str, Any], path: str | Path) -> None:
     """Grid (runs × β) of |⟨ẑ^a, ê_i⟩| (features × top eigenvectors) with the alignment scores."""
-    import json
-
     n_b = len(runs[0]["betas"])
     fig, axes = plt.subplots(len(runs), n_b, figsize=(4.6 * n_b, 3.7 * len(runs)), squeeze=False)
     fig.subplots_adjust(hspace=0.6, wspace=0.3)
@@ -113,10 +108,12 @@ def _layer_title(layer: str) -> str:
     return layer if layer.startswith("layer") else f"parameters of {layer}"
 
 
-def plot_modadd_spectra(spectra: dict[str, Any], curve: pd.DataFrame, params: CliffParams,
-                        path: str | Path, seed: int = 0) -> None:
+def plot_modadd_spectra(spectra: dict[str, Any], curve: pd.DataFrame,
+                        cliffs: Sequence[tuple[Sequence[Cliff], Sequence[Cliff]]], path: str | Path,
+                        seed: int = 0) -> None:
     """Class-averaged eNTK spectra over training (colour = epoch), total and per layer, with the
-    p-derived block boundaries and the cliffs detected at the first and last checkpoints."""
+    p-derived block boundaries and the cliffs the stage detected at the first and last
+    checkpoints (``cliffs[layer index] = (first, last)``)."""
     p = int(spectra["p"])
     epochs = spectra["epochs"]
     layers = list(spectra["layers"])
@@ -133,8 +130,7 @@ def plot_modadd_spectra(spectra: dict[str, Any], curve: pd.DataFrame, params: Cl
         for name in ("cliff1", "cliff2"):
             ax.axvline(blocks[name][1] + 0.5, color="grey", linestyle=":", linewidth=1)
         ax.axvline(1.5, color="grey", linestyle=":", linewidth=1)
-        for t, style in ((0, "tab:purple"), (len(epochs) - 1, "crimson")):
-            found = detect_cliffs(spectra["eigenvalues"][t, l], params)
+        for t, style, found in ((0, "tab:purple", cliffs[l][0]), (len(epochs) - 1, "crimson", cliffs[l][1])):
             for c in found:
                 ev = spectra["eigenvalues"][t, l]
                 ax.plot([c.position + 0.5], [ev[c.position - 1] / ev[0]], "v", color=style, markersize=6)
@@ -232,7 +228,8 @@ def plot_modadd_heatmaps(heatmaps: dict[int, dict[str, np.ndarray]], p: int, cur
             start, end = expected_cliffs(p)[key.split("_")[0]]
             ax.set_xlabel(f"eigenvector in block (modes {start}..{end - 1})", fontsize=8)
             ax.set_title(f"epoch {epoch} (test acc {acc.get(epoch, float('nan')):.2f})\n{label}", fontsize=9)
-    fig.colorbar(im, ax=axes, shrink=0.6, label="phase-free alignment ‖(ĉ_k·û_j, ŝ_k·û_j)‖")
+    if im is not None:  # no block fitted in the stored eigenvectors: empty panels, no colour scale
+        fig.colorbar(im, ax=axes, shrink=0.6, label="phase-free alignment ‖(ĉ_k·û_j, ŝ_k·û_j)‖")
     fig.suptitle(f"Modular addition mod {p} (seed {seed}): Fourier families cos/sin(2πk·v/p), v ∈ {{a, b, a+b, a−b}}, "
                  f"vs eigenvectors of the total class-averaged eNTK", fontsize=11)
     save_figure(fig, path, dpi=FIGURE_DPI)

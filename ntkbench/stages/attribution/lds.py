@@ -1,0 +1,152 @@
+"""Attribution stage: LDS ± SEM and mislabel-detection AUC of every method on one experiment."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ntkbench import models, store
+from ntkbench.attribution.benchmark import stored_kglm_attributions
+from ntkbench.attribution.lds import compute_lds
+from ntkbench.attribution.mislabel import auc_rows
+from ntkbench.attribution.retrain import subset_model_seed
+from ntkbench.attribution.subsets import subset_mask
+from ntkbench.data import DataBundle, load_bundle
+from ntkbench.stages.attribution.common import (KERNEL_METHODS, TABLE_COLUMNS, check_fingerprints, load_npz)
+from ntkbench.stages.common import InputError, read_json, write_csv
+from ntkbench.stages.kernels import check_kernel_file
+from ntkbench.utils import get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["gather_subsets", "lds_stage"]
+
+
+def gather_subsets(paths: Sequence[str | Path], bundle: DataBundle, num_subsets: int, settings: Mapping[str, Any],
+                   seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """``(masks (M, N), outputs (M, n_test), info)`` from the subset jobs' files, subsets in
+    index order. Every file is checked: this data bundle, these settings, and each mask must be
+    the deterministic draw of its index (so a stale or foreign file is refused); indices must
+    be exactly ``0..M-1``."""
+    n, n_test = len(bundle.train), len(bundle.test)
+    parts = []
+    for path in paths:
+        data = load_npz(path, ("index", "mask", "margins", "model_seed", "test_acc", "fraction", "subset_seed",
+                                "seed", "seed_scheme"))
+        check_fingerprints(path, data, bundle)
+        expected = {"fraction": float(settings["fraction"]), "subset_seed": int(settings["subset_seed"]),
+                    "seed": int(seed), "seed_scheme": str(settings["seed_scheme"])}
+        found = {"fraction": float(data["fraction"]), "subset_seed": int(data["subset_seed"]),
+                 "seed": int(data["seed"]), "seed_scheme": str(data["seed_scheme"])}
+        if found != expected:
+            raise InputError(f"{path}: subsets trained with {found}, expected {expected}")
+        if data["mask"].shape != (len(data["index"]), n) or data["margins"].shape != (len(data["index"]), n_test):
+            raise InputError(f"{path}: masks {data['mask'].shape} / margins {data['margins'].shape} do not fit "
+                             f"{len(data['index'])} subsets of {n} training and {n_test} test points")
+        for row, j in enumerate(data["index"]):
+            if not np.array_equal(data["mask"][row], subset_mask(n, expected["fraction"], expected["subset_seed"], int(j))):
+                raise InputError(f"{path}: the mask of subset {int(j)} is not its deterministic draw")
+            if int(data["model_seed"][row]) != subset_model_seed(seed, int(j), expected["seed_scheme"]):
+                raise InputError(f"{path}: subset {int(j)} was trained with model seed {int(data['model_seed'][row])}")
+        parts.append(data)
+    index = np.concatenate([p["index"] for p in parts])
+    if sorted(index.tolist()) != list(range(num_subsets)):
+        raise InputError(f"subset files {list(map(str, paths))} hold subsets {sorted(index.tolist())}, "
+                         f"expected 0..{num_subsets - 1}")
+    order = np.argsort(index)
+    masks = np.concatenate([p["mask"] for p in parts])[order]
+    outputs = np.concatenate([p["margins"] for p in parts])[order]
+    test_acc = np.concatenate([p["test_acc"] for p in parts])
+    if not np.all(np.isfinite(outputs)):
+        raise InputError("a subset model produced non-finite margins (training diverged?)")
+    info = {"subset_test_acc_mean": float(test_acc.mean()), "subset_test_acc_min": float(test_acc.min())}
+    return masks.astype(bool), outputs.astype(np.float64), info
+
+
+def _kglm_scores(kind: str, bundle: DataBundle, kernel_path: str | Path, options: dict[str, Any],
+                 model: torch.nn.Module, kglm_npz: str | Path, signed: bool) -> dict[str, np.ndarray]:
+    """kGLM and kernel-similarity scores of one kernel from the surrogate stage's saved fit."""
+    check_kernel_file(kernel_path, kind, options, model, bundle, ["test_train"])
+    K = store.read_kernel(kernel_path, "test_train").kernel.astype(np.float64)
+    fit = load_npz(kglm_npz, ("coef", "intercept", "test_logits"))
+    coef, intercept = fit["coef"], fit["intercept"]
+    n, c_out = len(bundle.train), bundle.num_outputs
+    if coef.shape != (c_out, n) or intercept.shape != (c_out,):
+        raise InputError(f"{kglm_npz}: coef {coef.shape} and intercept {intercept.shape}, expected ({c_out}, {n}) "
+                         f"and ({c_out},) for this data bundle")
+    logits = K @ coef.T + intercept
+    if not np.allclose(logits, fit["test_logits"], rtol=1e-6, atol=1e-6 * (1 + np.abs(logits).max())):
+        raise InputError(f"{kglm_npz}: its W and b do not reproduce its test logits on {kernel_path} "
+                         "(the kGLM was fitted on another kernel)")
+    return stored_kglm_attributions(coef, intercept, K, bundle.test.y.numpy(), bundle.train.y.numpy(),
+                                              signed_similarity=signed)
+
+
+def lds_stage(experiment: str, data_path: str | Path, model_path: str | Path, seed: int,
+              subset_paths: Sequence[str | Path], kernels: Sequence[str], kernel_paths: Mapping[str, str | Path],
+              kernel_options: Mapping[str, dict[str, Any]], kglm_npz_paths: Mapping[str, str | Path],
+              kglm_json_paths: Mapping[str, str | Path], gradients_path: str | Path, mislabel_path: str | Path,
+              settings: Mapping[str, Any], out_csv: str | Path) -> pd.DataFrame:
+    """One experiment's table: a row per method (kGLM and similarity per kernel, then the
+    gradient methods) with LDS ± SEM, mislabel AUC and, for kGLM rows, τ; columns
+    :data:`TABLE_COLUMNS`. Every input is checked before use."""
+    bundle = load_bundle(data_path)
+    model, ckpt = models.load_checkpoint(model_path)
+    if int(ckpt.get("seed", -1)) != int(seed):
+        raise InputError(f"{model_path}: a network of training seed {ckpt.get('seed')}, expected {seed}")
+    masks, outputs, info = gather_subsets(subset_paths, bundle, int(settings["num_subsets"]), settings, seed)
+    log.info("%s: %d subsets of %d points, subset networks' test accuracy %.3f (min %.3f)", experiment,
+             len(masks), int(masks[0].sum()), info["subset_test_acc_mean"], info["subset_test_acc_min"])
+
+    grads = load_npz(gradients_path, ("methods",))
+    check_fingerprints(gradients_path, grads, bundle)
+    if str(grads.get("model_fingerprint")) != store.model_fingerprint(model):
+        raise InputError(f"{gradients_path}: computed for another network than {model_path}")
+    mis = load_npz(mislabel_path, ("flipped",))
+    check_fingerprints(mislabel_path, mis, bundle)
+    flipped = mis["flipped"].astype(bool)
+
+    rows = []
+    signed = bool(settings["signed_similarity"])
+    for kind in kernels:
+        scores = _kglm_scores(kind, bundle, kernel_paths[kind], kernel_options[kind], model, kglm_npz_paths[kind], signed)
+        report = read_json(kglm_json_paths[kind], required=("test", "kernel"))
+        if report["kernel"] != kind:
+            raise InputError(f"{kglm_json_paths[kind]}: the kGLM report of kernel {report['kernel']!r}, expected {kind!r}")
+        for method in KERNEL_METHODS:
+            key = f"selfinf_{method}__{kind}"
+            if key not in mis:
+                raise InputError(f"{mislabel_path}: no self-influence {key!r} (computed for other kernels?)")
+            tau = report["test"] if method == "kglm" else {}
+            rows.append(_row(experiment, method, kind, scores[method], masks, outputs, mis[key], flipped,
+                             tau.get("tau", math.nan), tau.get("tau_true_class", math.nan)))
+    for method in [str(m) for m in grads["methods"]]:
+        if f"selfinf_{method}" not in mis:
+            raise InputError(f"{mislabel_path}: no self-influence of {method!r}")
+        rows.append(_row(experiment, method, "", grads[f"scores_{method}"], masks, outputs, mis[f"selfinf_{method}"],
+                         flipped, math.nan, math.nan))
+    table = pd.DataFrame(rows)
+    table["seed"] = int(seed)
+    table["fraction"] = float(settings["fraction"])
+    table["seed_scheme"] = str(settings["seed_scheme"])
+    table = table[TABLE_COLUMNS]
+    write_csv(table, out_csv)
+    for row in table.itertuples():
+        log.info("%s %-10s %-10s LDS %.3f ± %.3f  AUC %.3f", experiment, row.method, row.kernel, row.lds, row.lds_sem,
+                 row.auc)
+    return table
+
+
+def _row(experiment: str, method: str, kernel: str, scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray,
+         selfinf: np.ndarray, flipped: np.ndarray, tau: float, tau_true_class: float) -> dict[str, Any]:
+    if scores.shape != (outputs.shape[1], masks.shape[1]):
+        raise InputError(f"{method} {kernel}: scores of shape {scores.shape}, expected {(outputs.shape[1], masks.shape[1])}")
+    lds = compute_lds(scores, masks, outputs)
+    auc = auc_rows({method: selfinf}, flipped)[0]
+    return {"experiment": experiment, "method": method, "kernel": kernel, **lds.as_dict(), "auc": auc["auc"],
+            "detection_area": auc["detection_area"], "n_flipped": auc["n_flipped"], "tau": float(tau),
+            "tau_true_class": float(tau_true_class)}

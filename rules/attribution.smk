@@ -1,0 +1,202 @@
+# Stage 3c: the data-attribution benchmark (SPEC section 6) on the experiments listed in
+# `attribution.experiments`, for the network of one training seed each (`attribution.seed`,
+# null = the experiment's first seed). Per experiment:
+#   attribution_subsets   M subset networks, `subsets_per_job` per job (the fan-out)
+#   attribution_gradients TracIn-CP, Grad-Dot, Grad-Cos and TRAK scores of the network
+#   attribution_mislabel  the noisy-label twin (network, kernels and kGLMs computed inside the job)
+#   attribution_lds       LDS ± SEM and mislabel AUC of every method, beside the kGLMs' τ
+# and attribution_table joins them into results/attribution.csv / .md / .png.
+import math
+import re
+
+from ntkbench.config import ConfigError, experiment_kglm, experiment_seeds
+from ntkbench.kinds import kind_info, options_for
+
+ATTRIBUTION = config["attribution"]
+ATTRIBUTION_EXPERIMENTS = list(ATTRIBUTION["experiments"])
+ATTRIBUTION_DIR = f"{RESULTS}/{{experiment}}/attribution"
+# Subset jobs: job g trains subsets g*k .. min(M, (g+1)*k) - 1, k = subsets_per_job.
+ATTRIBUTION_CHUNKS = math.ceil(ATTRIBUTION["num_subsets"] / ATTRIBUTION["subsets_per_job"])
+
+
+def _attribution_problems():
+    problems = []
+    for exp in ATTRIBUTION_EXPERIMENTS:
+        if exp not in EXPERIMENTS:
+            problems.append(f"attribution.experiments: {exp!r} is not an experiment (has {sorted(EXPERIMENTS)})")
+        elif ATTRIBUTION["seed"] is not None and ATTRIBUTION["seed"] not in experiment_seeds(config, exp):
+            problems.append(f"attribution.seed: {ATTRIBUTION['seed']} is not a training seed of {exp!r} "
+                            f"({experiment_seeds(config, exp)}); the attributed network must be one the DAG trains")
+    return problems
+
+
+if _attribution_problems():
+    raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in _attribution_problems()))
+
+
+def attribution_seed(experiment):
+    """Training seed of the attributed network of ``experiment``."""
+    seed = ATTRIBUTION["seed"]
+    return experiment_seeds(config, experiment)[0] if seed is None else seed
+
+
+def attribution_kernels(experiment):
+    """The experiment's kernels with a kGLM attribution (the (N, N, C, C) eNTK has none)."""
+    return [k for k in EXPERIMENTS[experiment]["kernels"] if not kind_info(k).per_class_blocks]
+
+
+def attribution_settings(*keys):
+    return {key: ATTRIBUTION[key] for key in keys}
+
+
+def attribution_seed_paths(w, pattern):
+    """``pattern`` ({seed}, {kernel}) for every attribution kernel of the attributed network."""
+    seed = attribution_seed(w.experiment)
+    return [pattern.format(experiment=w.experiment, seed=seed, kernel=k) for k in attribution_kernels(w.experiment)]
+
+
+wildcard_constraints:
+    chunk=r"\d+",
+
+
+rule attribution_subsets:
+    input:
+        data=f"{RESULTS}/{{experiment}}/data.npz",
+    output:
+        update(f"{ATTRIBUTION_DIR}/subsets/{{chunk}}.npz"),
+    params:
+        model=lambda w: EXPERIMENTS[w.experiment]["model"],
+        train=lambda w: EXPERIMENTS[w.experiment]["train"],
+        seed=lambda w: attribution_seed(w.experiment),
+        indices=lambda w: list(range(int(w.chunk) * ATTRIBUTION["subsets_per_job"],
+                                     min(ATTRIBUTION["num_subsets"], (int(w.chunk) + 1) * ATTRIBUTION["subsets_per_job"]))),
+        settings=attribution_settings("fraction", "subset_seed", "seed_scheme"),
+        device=config["device"],
+        code=script_code("attribution_subsets.py"),
+    log:
+        f"{RESULTS}/logs/{{experiment}}/attribution/subsets_{{chunk}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/attribution/subsets_{{chunk}}.tsv"
+    wildcard_constraints:
+        experiment="|".join(map(re.escape, ATTRIBUTION_EXPERIMENTS)) or "(?!)",
+    threads: stage_threads("attribution")
+    resources:
+        **stage_resources("attribution"),
+    script:
+        "../workflow_scripts/attribution_subsets.py"
+
+
+rule attribution_gradients:
+    input:
+        data=f"{RESULTS}/{{experiment}}/data.npz",
+        model=lambda w: f"{RESULTS}/{w.experiment}/seed{attribution_seed(w.experiment)}/model.pt",
+    output:
+        update(f"{ATTRIBUTION_DIR}/gradients.npz"),
+    params:
+        model=lambda w: EXPERIMENTS[w.experiment]["model"],
+        train=lambda w: EXPERIMENTS[w.experiment]["train"],
+        seed=lambda w: attribution_seed(w.experiment),
+        settings=attribution_settings("num_checkpoints", "batch_size", "trak"),
+        device=config["device"],
+        code=script_code("attribution_gradients.py"),
+    log:
+        f"{RESULTS}/logs/{{experiment}}/attribution/gradients.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/attribution/gradients.tsv"
+    wildcard_constraints:
+        experiment="|".join(map(re.escape, ATTRIBUTION_EXPERIMENTS)) or "(?!)",
+    threads: stage_threads("attribution")
+    resources:
+        **stage_resources("attribution"),
+    script:
+        "../workflow_scripts/attribution_gradients.py"
+
+
+rule attribution_mislabel:
+    input:
+        data=f"{RESULTS}/{{experiment}}/data.npz",
+    output:
+        selfinf=update(f"{ATTRIBUTION_DIR}/mislabel.npz"),
+        report=update(f"{ATTRIBUTION_DIR}/mislabel.json"),
+    params:
+        model=lambda w: EXPERIMENTS[w.experiment]["model"],
+        train=lambda w: EXPERIMENTS[w.experiment]["train"],
+        seed=lambda w: attribution_seed(w.experiment),
+        kernels=lambda w: attribution_kernels(w.experiment),
+        kernel_options=lambda w: {k: options_for(k, config["kernel_options"]) for k in attribution_kernels(w.experiment)},
+        kglm=lambda w: experiment_kglm(config, w.experiment),
+        settings=attribution_settings("num_checkpoints", "batch_size", "trak", "mislabel"),
+        device=config["device"],
+        code=script_code("attribution_mislabel.py"),
+    log:
+        f"{RESULTS}/logs/{{experiment}}/attribution/mislabel.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/attribution/mislabel.tsv"
+    wildcard_constraints:
+        experiment="|".join(map(re.escape, ATTRIBUTION_EXPERIMENTS)) or "(?!)",
+    threads: stage_threads("attribution")
+    resources:
+        **stage_resources("attribution"),
+    script:
+        "../workflow_scripts/attribution_mislabel.py"
+
+
+rule attribution_lds:
+    input:
+        data=f"{RESULTS}/{{experiment}}/data.npz",
+        model=lambda w: f"{RESULTS}/{w.experiment}/seed{attribution_seed(w.experiment)}/model.pt",
+        subsets=expand(f"{ATTRIBUTION_DIR}/subsets/{{chunk}}.npz", chunk=range(ATTRIBUTION_CHUNKS), allow_missing=True),
+        # kernel-major, in the order of params.kernels
+        kernels=lambda w: attribution_seed_paths(w, RESULTS + "/{experiment}/seed{seed}/kernels/{kernel}.h5"),
+        kglm_fits=lambda w: attribution_seed_paths(w, RESULTS + "/{experiment}/seed{seed}/kglm/{kernel}.npz"),
+        kglm_reports=lambda w: attribution_seed_paths(w, RESULTS + "/{experiment}/seed{seed}/kglm/{kernel}.json"),
+        gradients=f"{ATTRIBUTION_DIR}/gradients.npz",
+        mislabel=f"{ATTRIBUTION_DIR}/mislabel.npz",
+    output:
+        update(f"{ATTRIBUTION_DIR}/attribution.csv"),
+    params:
+        seed=lambda w: attribution_seed(w.experiment),
+        kernels=lambda w: attribution_kernels(w.experiment),
+        kernel_options=lambda w: {k: options_for(k, config["kernel_options"]) for k in attribution_kernels(w.experiment)},
+        settings=attribution_settings("num_subsets", "fraction", "subset_seed", "seed_scheme", "signed_similarity"),
+        code=script_code("attribution_lds.py"),
+    log:
+        f"{RESULTS}/logs/{{experiment}}/attribution/lds.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/attribution/lds.tsv"
+    wildcard_constraints:
+        experiment="|".join(map(re.escape, ATTRIBUTION_EXPERIMENTS)) or "(?!)",
+    threads: stage_threads("attribution")
+    resources:
+        **stage_resources("attribution"),
+    script:
+        "../workflow_scripts/attribution_lds.py"
+
+
+# Cheap aggregation: runs in the main Snakemake process (on a cluster, the login node),
+# never as a cluster job of its own.
+localrules:
+    attribution_table,
+
+rule attribution_table:
+    input:
+        expand(f"{ATTRIBUTION_DIR}/attribution.csv", experiment=ATTRIBUTION_EXPERIMENTS),
+    output:
+        csv=update(f"{RESULTS}/attribution.csv"),
+        markdown=update(f"{RESULTS}/attribution.md"),
+        figure=update(f"{RESULTS}/attribution.png"),
+    params:
+        code=script_code("attribution_table.py"),
+    log:
+        f"{RESULTS}/logs/attribution_table.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/attribution_table.tsv"
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
+    script:
+        "../workflow_scripts/attribution_table.py"
+
+
+if ATTRIBUTION_EXPERIMENTS:
+    ALL_TARGETS += rules.attribution_table.output

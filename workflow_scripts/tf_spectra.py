@@ -1,0 +1,7 @@
+"""Class-averaged eNTK spectra of the transformer per layer group at every checkpoint (thin entry point)."""
+from ntkbench.stages.spectral_tf import tf_spectra_stage
+from ntkbench.utils import setup_logging
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+setup_logging(sm.log[0], threads=sm.threads)
+tf_spectra_stage(sm.input.checkpoints, sm.params.cfg, sm.params.device, sm.output[0])
