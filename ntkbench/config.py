@@ -242,10 +242,43 @@ def _experiment(config: dict[str, Any], experiment: str) -> dict[str, Any]:
 
 
 def experiment_kglm(config: dict[str, Any], experiment: str) -> dict[str, Any]:
-    """kGLM settings of one experiment: the global ``kglm`` block, overridden per experiment."""
-    return {**config.get("kglm", {}), **_experiment(config, experiment).get("kglm", {})}
+    """kGLM settings of one experiment: the global ``kglm`` block, overridden per experiment.
+
+    Keys are sorted, so the rule's params (compared as text by Snakemake) do not change when
+    a config file is rewritten with its keys in another order.
+    """
+    merged = {**config.get("kglm", {}), **_experiment(config, experiment).get("kglm", {})}
+    return dict(sorted(merged.items()))
 
 
 def experiment_seeds(config: dict[str, Any], experiment: str) -> list[int]:
     """Training seeds of one experiment (its own ``seeds`` or the global list)."""
     return list(_experiment(config, experiment).get("seeds", config["seeds"]))
+
+
+DEFAULT_VARIANT = "default"
+
+
+def kglm_variants(kglm_cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every kGLM a (merged, validated) config ``kglm`` block asks for, by variant name.
+
+    ``{"default": <the block without "variants">, <name>: <that with the variant's
+    overrides>, ...}``; each value is ready for :meth:`KernelGLM.from_config` (plus its
+    ``target``). E.g. ``variants: {student: {target: predictions}}`` adds a kGLM fitted to the
+    network's predictions (Table 5) on the same kernels.
+    """
+    base = {k: v for k, v in kglm_cfg.items() if k != "variants"}
+    variants = {DEFAULT_VARIANT: base}
+    for name, override in (kglm_cfg.get("variants") or {}).items():
+        if name == DEFAULT_VARIANT:
+            raise ValueError(f"kglm.variants: {DEFAULT_VARIANT!r} names the settings without "
+                             "overrides; pick another variant name")
+        if "variants" in override:
+            raise ValueError(f"kglm.variants.{name}: variants cannot be nested")
+        variants[name] = {**base, **override}
+    return variants
+
+
+def experiment_kglm_variants(config: dict[str, Any], experiment: str) -> dict[str, dict[str, Any]]:
+    """{variant: kGLM settings} of one experiment (see :func:`kglm_variants`)."""
+    return {name: dict(sorted(cfg.items())) for name, cfg in kglm_variants(experiment_kglm(config, experiment)).items()}

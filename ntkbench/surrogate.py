@@ -48,6 +48,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import ThreadpoolController
 
+from ntkbench.config import DEFAULT_VARIANT, kglm_variants  # re-exported: the settings live with the config
 from ntkbench.metrics import predicted_labels, true_class_log_prob
 
 __all__ = ["KernelGLM", "SOLVERS", "PAPER_SGD_SETTINGS", "DEFAULT_VARIANT", "kglm_objective",
@@ -67,27 +68,6 @@ PAPER_SGD_SETTINGS: dict[str, Any] = {
 }
 
 #: Name of the kGLM a config ``kglm`` block describes without any variant override.
-DEFAULT_VARIANT = "default"
-
-
-def kglm_variants(kglm_cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every kGLM a (merged, validated) config ``kglm`` block asks for, by variant name.
-
-    ``{"default": <the block without "variants">, <name>: <that with the variant's
-    overrides>, ...}``; each value is ready for :meth:`KernelGLM.from_config` (plus its
-    ``target``). E.g. ``variants: {student: {target: predictions}}`` adds a kGLM fitted to the
-    network's predictions (Table 5) on the same kernels.
-    """
-    base = {k: v for k, v in kglm_cfg.items() if k != "variants"}
-    variants = {DEFAULT_VARIANT: base}
-    for name, override in (kglm_cfg.get("variants") or {}).items():
-        if name == DEFAULT_VARIANT:
-            raise ValueError(f"kglm.variants: {DEFAULT_VARIANT!r} names the settings without "
-                             "overrides; pick another variant name")
-        if "variants" in override:
-            raise ValueError(f"kglm.variants.{name}: variants cannot be nested")
-        variants[name] = {**base, **override}
-    return variants
 
 
 # L-BFGS stopping rule (:func:`_lbfgs`): the largest gradient component of E below LBFGS_GTOL,
@@ -250,10 +230,11 @@ class KernelGLM(ClassifierMixin, BaseEstimator):
         ``"balanced"`` (paper), ``None``, or a dict ``{class: weight}``.
     solver:
         ``"sgd"`` (SGDClassifier, the paper's) or ``"lbfgs"`` (the exact optimum of the same
-        objective, multinomial for ``C ≥ 3``; deterministic). The options ``max_iter``,
-        ``tol``, ``average``, ``learning_rate``, ``eta0``, ``power_t``, ``n_iter_no_change``,
-        ``seed`` and ``n_jobs`` belong to SGD and are ignored by ``"lbfgs"``, which runs to
-        a gradient below ``LBFGS_GTOL`` (see :meth:`describe`).
+        objective, multinomial for ``C ≥ 3``; deterministic). The constructor keeps ``"sgd"``
+        for library callers; the workflow's default is the schema's (``kglm.solver``). The
+        options ``max_iter``, ``tol``, ``average``, ``learning_rate``, ``eta0``, ``power_t``,
+        ``n_iter_no_change``, ``seed`` and ``n_jobs`` belong to SGD and are ignored by
+        ``"lbfgs"``, which runs to a gradient below ``LBFGS_GTOL`` (see :meth:`describe`).
     max_iter:
         Epochs over the training set. With ``tol=None`` every epoch runs, which the
         averaging schedule below relies on.

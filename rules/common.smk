@@ -2,7 +2,7 @@
 # Only torch-free modules are imported here, so parsing the Snakefile stays fast.
 from pathlib import Path
 
-from ntkbench.config import experiment_seeds, validate_config
+from ntkbench.config import DEFAULT_VARIANT, experiment_kglm_variants, experiment_seeds, validate_config
 from ntkbench.provenance import code_fingerprint
 
 # Stop at once, naming the offending key, when the config is wrong (also fills the schema's defaults).
@@ -56,3 +56,14 @@ def run_paths(pattern, experiments=None):
 def seed_paths(experiment, pattern):
     """``pattern`` (with {seed}) for every training seed of ``experiment``."""
     return [pattern.format(seed=s) for s in experiment_seeds(config, experiment)]
+
+
+def kglm_report(experiment, seed, kernel, variant):
+    """The kGLM report of one fit: kglm/<kernel>.json, or kglm/<kernel>@<variant>.json."""
+    suffix = "" if variant == DEFAULT_VARIANT else f"@{variant}"
+    return f"{RESULTS}/{experiment}/seed{seed}/kglm/{kernel}{suffix}.json"
+
+
+def kglm_fits():
+    """(experiment, seed, kernel, variant) of every kGLM fit the summary tabulates."""
+    return [(e, s, k, v) for e, s, k in runs() for v in experiment_kglm_variants(config, e)]

@@ -8,7 +8,7 @@ localrules:
 
 rule summary:
     input:
-        run_paths(RESULTS + "/{experiment}/seed{seed}/kglm/{kernel}.json"),
+        [kglm_report(*fit) for fit in kglm_fits()],
     output:
         csv=report(update(f"{RESULTS}/summary.csv"), caption=f"{CAPTIONS}/summary_table.rst",
                    category="Faithfulness", subcategory="Tables 1-2"),
@@ -17,7 +17,7 @@ rule summary:
         figure=report(update(f"{RESULTS}/summary_tau.png"), caption=f"{CAPTIONS}/summary_tau.rst",
                       category="Faithfulness", subcategory="Tables 1-2"),
     params:
-        records=runs(),
+        records=kglm_fits(),
         code=script_code("summary.py"),
     log:
         f"{RESULTS}/logs/summary.log",

@@ -20,7 +20,7 @@ from ntkbench.stages.train import train_stage
 
 KERNEL_OPTIONS = {"proj_dim": 32, "proj_type": "gaussian", "proj_seed": 0, "batch_size": 64, "block_size": 64,
                   "em_layers": None, "dtype": "float32"}
-KGLM = {"alpha": 1e-3, "seed": 0, "target": "labels", "class_weight": "balanced", "max_iter": 50}
+KGLM = {"alpha": 1e-3, "seed": 0, "target": "labels", "class_weight": "balanced", "max_iter": 50, "solver": "lbfgs"}
 MODEL = {"name": "mlp", "hidden": [16]}
 TRAIN = {"optimizer": "sgd", "lr": 1.0, "epochs": 20, "batch_size": 16, "allow_divergence": False}
 KERNELS = ["trntk", "ck"]

@@ -80,11 +80,11 @@ def test_attack_success_rate_and_report():
 def test_table3_means_and_sems():
     per_seed = pd.DataFrame([
         {"seed": 0, "kernel": "trntk", "precision": 90.0, "recall": 100.0, "tau": 0.5, "tad": 1.0,
-         "r_miss": 0.2, "poi_tau": 0.4, "poi_tad": -2.0, "poi_r_miss": 0.1},
+         "r_miss": 0.2, "tau_true_class": 0.3, "poi_tau_true_class": 0.2, "poi_tau": 0.4, "poi_tad": -2.0, "poi_r_miss": 0.1},
         {"seed": 1, "kernel": "trntk", "precision": 100.0, "recall": 96.0, "tau": 0.7, "tad": 3.0,
-         "r_miss": 0.4, "poi_tau": 0.6, "poi_tad": 0.0, "poi_r_miss": 0.3},
+         "r_miss": 0.4, "tau_true_class": 0.5, "poi_tau_true_class": 0.4, "poi_tau": 0.6, "poi_tad": 0.0, "poi_r_miss": 0.3},
         {"seed": 0, "kernel": "ck", "precision": 2.0, "recall": 50.0, "tau": 0.1, "tad": -3.0,
-         "r_miss": 0.0, "poi_tau": 0.2, "poi_tad": -80.0, "poi_r_miss": 0.0},
+         "r_miss": 0.0, "tau_true_class": 0.1, "poi_tau_true_class": 0.0, "poi_tau": 0.2, "poi_tad": -80.0, "poi_r_miss": 0.0},
     ])
     table = forensics_table(per_seed, kernels=["trntk", "ck"])
     assert tuple(table.columns[:len(TABLE3_COLUMNS)]) == TABLE3_COLUMNS
@@ -93,6 +93,7 @@ def test_table3_means_and_sems():
     assert trntk["precision"] == pytest.approx(95.0) and trntk["precision_sem"] == pytest.approx(5.0)
     assert trntk["recall"] == pytest.approx(98.0) and trntk["recall_sem"] == pytest.approx(2.0)
     assert trntk["tau"] == pytest.approx(0.6) and trntk["tau_sem"] == pytest.approx(0.1)
+    assert trntk["tau_true_class"] == pytest.approx(0.4) and trntk["poi_tau_true_class"] == pytest.approx(0.3)
     assert trntk["poi_tad"] == pytest.approx(-1.0) and trntk["n_seeds"] == 2
     ck = table.set_index("kernel").loc["ck"]
     assert ck["poi_tad"] == -80.0 and ck["n_seeds"] == 1 and np.isnan(ck["poi_tad_sem"])

@@ -19,7 +19,7 @@ from ntkbench.stages.train import train_stage
 CONFIG_OPTIONS = {"proj_dim": 64, "proj_type": "gaussian", "proj_seed": 0, "batch_size": 32,
                   "block_size": 24, "em_layers": None, "dtype": "float32"}
 BLOCK = CONFIG_OPTIONS["block_size"]
-KGLM = {"alpha": 1e-4, "seed": 0, "target": "labels", "class_weight": "balanced"}
+KGLM = {"alpha": 1e-4, "seed": 0, "target": "labels", "class_weight": "balanced", "solver": "sgd"}
 
 
 def opts(kind):
@@ -93,7 +93,7 @@ def test_kglm_stage_and_summary(trained):
                        opts("trntk"), {**KGLM, "target": "predictions"}, root / "p.json", root / "p.npz")
     assert other["target"] == "predictions"
 
-    records = [("toy", 0, "trntk", root / "kglm.json"), ("toy", 1, "trntk", root / "kglm.json")]
+    records = [("toy", 0, "trntk", "default", root / "kglm.json"), ("toy", 1, "trntk", "default", root / "kglm.json")]
     summary = summary_stage(records, root / "s.csv", root / "ps.csv", root / "s.md", root / "s.png")
     row = summary.iloc[0]
     assert row["n_seeds"] == 2 and row["tau"] == pytest.approx(scores["tau"])
@@ -101,11 +101,11 @@ def test_kglm_stage_and_summary(trained):
     assert (root / "s.png").stat().st_size > 5000
     with pytest.raises(InputError, match="poisoned_test"):
         collect_faithfulness(records, split="poisoned_test")
-    with pytest.raises(InputError, match="filed as 'pntk'"):
-        collect_faithfulness([("toy", 0, "pntk", root / "kglm.json")])
+    with pytest.raises(InputError, match="is filed as 'pntk'"):
+        collect_faithfulness([("toy", 0, "pntk", "default", root / "kglm.json")])
     (root / "broken.json").write_text("{not json")
     with pytest.raises(InputError, match="broken.json"):
-        collect_faithfulness([("toy", 0, "trntk", root / "broken.json")])
+        collect_faithfulness([("toy", 0, "trntk", "default", root / "broken.json")])
 
 
 # ----------------------------------------------------------------------------- what a stage refuses

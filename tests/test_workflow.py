@@ -96,9 +96,10 @@ def edit_config(workdir: Path, edit) -> None:
 
 def test_summary_has_paper_columns_and_faithful_trntk(finished_workdir):
     summary = pd.read_csv(finished_workdir / "results" / "summary.csv")
-    required = ["experiment", "kernel", "n_seeds", "nn_test_acc", "kglm_test_acc", "tad", "tad_sem",
-                "tau", "tau_sem", "r_miss", "r_miss_sem"]
-    assert list(summary.columns[: len(required)]) == required
+    required = ["experiment", "kernel", "variant", "solver", "alpha", "target", "n_seeds", "nn_test_acc",
+                "kglm_test_acc", "tad", "tad_sem", "tau", "tau_sem", "tau_true_class", "tau_true_class_sem"]
+    assert set(required) <= set(summary.columns)
+    assert (summary.solver == "lbfgs").all() and (summary.variant == "default").all()
     config = tiny_config()
     expected_rows = {(exp, k) for exp, spec in config["experiments"].items() for k in spec["kernels"]}
     assert set(zip(summary.experiment, summary.kernel)) == expected_rows
@@ -265,3 +266,14 @@ def test_a_spectral_only_config_plans_only_the_spectral_jobs(tmp_path):
                         "top_k": 20}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"experiments": {}, "spectral": spectral}))
     assert planned_jobs(tmp_path) == {"tms_train": 1, "tms_spectrum": 1, "tms_report": 1, "all": 1}
+
+
+def test_attribution_table_written(finished_workdir):
+    table = pd.read_csv(finished_workdir / "results" / "attribution.csv")
+    assert set(table.experiment) == set(tiny_config()["attribution"]["experiments"])
+    assert table.lds.between(-1, 1).all() and table.auc.between(0, 1).all()
+    assert {"kglm", "kernel-sim", "tracin", "grad-dot", "grad-cos", "trak"} <= set(table.method)
+    kglm = table[table.method == "kglm"]
+    assert kglm.tau.between(-1, 1).all()  # τ beside LDS, from the kGLM reports
+    assert (finished_workdir / "results" / "attribution.png").stat().st_size > 10_000
+    assert "LDS" in (finished_workdir / "results" / "attribution.md").read_text()

@@ -4,5 +4,5 @@ from ntkbench.utils import setup_logging
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 setup_logging(sm.log[0], threads=sm.threads)
-records = [(exp, seed, kernel, path) for (exp, seed, kernel), path in zip(sm.params.records, sm.input, strict=True)]
+records = [(*fit, path) for fit, path in zip(sm.params.records, sm.input, strict=True)]
 summary_stage(records, sm.output.csv, sm.output.per_seed, sm.output.markdown, sm.output.figure)

@@ -77,7 +77,7 @@ def kernel_attributions(K_train_train: ArrayLike, K_test_train: ArrayLike, y_tra
     Ktt = np.asarray(K_train_train, dtype=np.float64)
     Kte = np.asarray(K_test_train, dtype=np.float64)
     ytr, yte = np.asarray(y_train).astype(np.int64), np.asarray(y_test).astype(np.int64)
-    glm = KernelGLM(**cfg).fit(Ktt, ytr)
+    glm = KernelGLM.from_config(cfg).fit(Ktt, ytr)
     scores = {"kglm": M.kglm_scores(glm, Kte, yte),
               "kernel-sim": M.kernel_similarity_scores(Kte, *((yte, ytr) if signed_similarity else ()))}
     diag = np.diag(Ktt)

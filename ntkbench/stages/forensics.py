@@ -26,8 +26,8 @@ _GROUPS = ["test_train", f"{POISONED_SPLIT}_train"]
 
 def table_markdown(table: pd.DataFrame) -> str:
     """Table 3 as Markdown, each value with its SEM in parenthesis notation, e.g. 0.643(12)."""
-    headers = ["Kernel", "Precision (%)", "Recall (%)", "τ_K", "TAD (%)", "R_miss",
-               "poi. τ_K", "poi. TAD (%)", "poi. R_miss"]
+    headers = ["Kernel", "Precision (%)", "Recall (%)", "τ_K", "τ_K true class", "TAD (%)", "R_miss",
+               "poi. τ_K", "poi. τ_K true class", "poi. TAD (%)", "poi. R_miss"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in table.to_dict("records"):
         cells = [str(row["kernel"])] + [

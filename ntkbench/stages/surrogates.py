@@ -21,26 +21,28 @@ __all__ = ["kglm_stage"]
 
 def kglm_stage(data_path: str | Path, logits_path: str | Path, model_path: str | Path,
                kernel_path: str | Path, kind: str, kernel_options: dict[str, Any],
-               kglm_cfg: dict[str, Any], out_json: str | Path, out_npz: str | Path) -> dict[str, Any]:
+               kglm_cfg: dict[str, Any], out_json: str | Path, out_npz: str | Path,
+               variant: str = "default") -> dict[str, Any]:
     """Fit a kGLM on the train x train kernel and measure its faithfulness on every eval split.
 
     The kernel file is checked first against what the rule expects (kind ``kind`` with
     ``kernel_options``, computed from the model at ``model_path`` on this data bundle, finite,
     symmetric, normalised when its kind is). Targets are the true labels, or the network's own
     predictions when ``kglm_cfg["target"] == "predictions"`` (paper 001, appendix I).
+    ``kglm_cfg`` is one entry of :func:`ntkbench.config.kglm_variants`, named ``variant``; the
+    report names the variant, the solver and every setting of the fit.
     """
     bundle = load_bundle(data_path)
     nn_out = read_logits(logits_path, bundle)
     model, _ = models.load_checkpoint(model_path)
     check_kernel_file(kernel_path, kind, kernel_options, model, bundle)
-    cfg = dict(kglm_cfg)
-    target = cfg.pop("target")
-    seed = int(cfg.pop("seed"))
+    target, seed = kglm_cfg["target"], int(kglm_cfg["seed"])
     train = store.read_kernel(kernel_path, "train_train")
     y_train = bundle.train.y.numpy() if target == "labels" else metrics.predicted_labels(nn_out["train_logits"])
-    glm = KernelGLM(seed=seed, **cfg).fit(train.kernel, y_train)
+    glm = KernelGLM.from_config(kglm_cfg).fit(train.kernel, y_train)
     report: dict[str, Any] = {
-        "kernel": kind, "target": target, "kglm": {**kglm_cfg},
+        "kernel": kind, "variant": variant, "target": target, "solver": kglm_cfg["solver"],
+        "alpha": kglm_cfg["alpha"], "kglm": {**kglm_cfg}, "kglm_fit": glm.describe(),
         "kernel_file": {key: train.attrs.get(key) for key in ("identity_options", "model_fingerprint",
                                                                 "data_fingerprint_x")},
         "train_acc": float((glm.predict(train.kernel) == bundle.train.y.numpy()).mean()),

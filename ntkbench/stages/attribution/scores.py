@@ -98,7 +98,7 @@ def _self_influence_kernels(model: torch.nn.Module, bundle: DataBundle, y_fit: n
         K = K.double().cpu().numpy()
         if K.shape != (len(y_train), len(y_train)) or not np.all(np.isfinite(K)):
             raise FloatingPointError(f"kernel {kind}: shape {K.shape} or non-finite values")
-        glm = KernelGLM(**cfg).fit(K, y_fit)
+        glm = KernelGLM.from_config(cfg).fit(K, y_fit)
         diag = np.diag(K)
         out[kind] = {"kglm": M.kglm_self_influence(glm, diag, y_train), "kernel-sim": M.kernel_self_similarity(diag)}
         report[kind] = {"kglm_train_acc_noisy_labels": float((glm.predict(K) == y_train).mean())}
