@@ -5,7 +5,7 @@ the expected cliff blocks and the Fourier families follow from p.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -59,12 +59,15 @@ def class_averaged_kernels(model: nn.Module, x: torch.Tensor, *, device: torch.d
 
 def checkpoint_spectra(model: nn.Module, x: torch.Tensor, states: dict[int, dict[str, torch.Tensor]], *,
                        top_k: int = 200, n_vectors: int = 128, device: torch.device | str = "cpu",
-                       log: Any = None) -> dict[str, Any]:
+                       log: Any = None, kernels: Callable[..., dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """Top-k eigenpairs of the class-averaged kernels (total and per layer) at every checkpoint.
 
+    ``kernels(model, x, device=...)`` gives ``{"total": K, part: K_part, ...}`` (default
+    :func:`class_averaged_kernels`, per layer; the transformer passes its layer groups).
     Returns arrays: epochs (T,), layers (L,), eigenvalues (T, L, k) and eigenvectors of the
     first ``n_vectors`` modes (T, L, N, n_vectors) as float32, plus timing.
     """
+    kernels = class_averaged_kernels if kernels is None else kernels
     epochs = sorted(states)
     values, vectors, layers = [], [], None
     kernel_s = eig_s = 0.0
@@ -72,7 +75,7 @@ def checkpoint_spectra(model: nn.Module, x: torch.Tensor, states: dict[int, dict
         model.load_state_dict(states[epoch])
         model.eval()
         t0 = time.perf_counter()
-        kers = class_averaged_kernels(model, x, device=device)
+        kers = kernels(model, x, device=device)
         t1 = time.perf_counter()
         layers = layers or list(kers)
         eigs = [topk_eigh(kers[name], top_k) for name in layers]

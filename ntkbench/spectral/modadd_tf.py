@@ -9,7 +9,6 @@ which needs no cliff at all.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,9 +17,8 @@ from torch import nn
 
 from ntkbench import kernels
 from ntkbench.spectral.cliffs import CliffParams, cliff_segments, detect_cliffs
-from ntkbench.spectral.eigen import topk_eigh
 from ntkbench.spectral.features import FAMILIES, family_heatmap, fourier_families, symmetry_rotation
-from ntkbench.spectral.modadd import FAMILY_COLUMNS, _drop_ratio, _family_overlaps
+from ntkbench.spectral.modadd import FAMILY_COLUMNS, _drop_ratio, _family_overlaps, checkpoint_spectra
 
 __all__ = [
     "grouped_class_averaged_kernels",
@@ -57,27 +55,11 @@ def grouped_class_averaged_kernels(model: nn.Module, x: torch.Tensor, group_of: 
 def grouped_checkpoint_spectra(model: nn.Module, x: torch.Tensor, states: dict[int, dict[str, torch.Tensor]],
                                group_of: Callable[[str], str], *, top_k: int = 200, n_vectors: int = 120,
                                device: torch.device | str = "cpu", log: Any = None) -> dict[str, Any]:
-    """As :func:`ntkbench.spectral.modadd.checkpoint_spectra`, per layer group: arrays epochs
-    (T,), layers (L,), eigenvalues (T, L, k), eigenvectors (T, L, N, n_vectors) float32, timing."""
-    epochs = sorted(states)
-    values, vectors, layers = [], [], None
-    kernel_s = eig_s = 0.0
-    for epoch in epochs:
-        model.load_state_dict(states[epoch])
-        model.eval()
-        t0 = time.perf_counter()
-        kers = grouped_class_averaged_kernels(model, x, group_of, device=device)
-        t1 = time.perf_counter()
-        layers = layers or list(kers)
-        eigs = [topk_eigh(kers[name], top_k) for name in layers]
-        kernel_s, eig_s = kernel_s + t1 - t0, eig_s + time.perf_counter() - t1
-        values.append(np.stack([e.values for e in eigs]))
-        vectors.append(np.stack([e.vectors[:, :n_vectors] for e in eigs]).astype(np.float32))
-        if log is not None:
-            log.info("epoch %d: kernels %.2fs; total λ1..3 = %s", epoch, t1 - t0,
-                     np.array2string(values[-1][0][:3], precision=4))
-    return {"epochs": np.array(epochs), "layers": np.array(layers), "eigenvalues": np.stack(values),
-            "eigenvectors": np.stack(vectors), "kernel_seconds": kernel_s, "eig_seconds": eig_s}
+    """:func:`ntkbench.spectral.modadd.checkpoint_spectra` per layer group (``group_of`` maps a
+    parameter group to its layer group): epochs (T,), layers (L,), eigenvalues (T, L, k),
+    eigenvectors (T, L, N, n_vectors) float32, timing."""
+    return checkpoint_spectra(model, x, states, top_k=top_k, n_vectors=n_vectors, device=device, log=log,
+                              kernels=lambda m, xx, device: grouped_class_averaged_kernels(m, xx, group_of, device=device))
 
 
 def default_windows(p: int) -> list[int]:

@@ -192,11 +192,16 @@ def modadd_spectra_stage(checkpoints: str | Path, cfg: dict[str, Any], device: s
     start = time.perf_counter()
     res = checkpoint_spectra(model, data.x.to(dev), ckpt["states"], top_k=int(cfg["top_k"]),
                              n_vectors=n_vectors, device=dev, log=log)
+    save_checkpoint_spectra(out_npz, res, data, start)
+
+
+def save_checkpoint_spectra(out_npz: str | Path, res: dict[str, Any], data: Any, start: float) -> None:
+    """Write :func:`ntkbench.spectral.modadd.checkpoint_spectra`'s result with the data's pairs and p."""
     log.info("%d checkpoints: kernels %.1fs, eigendecompositions %.1fs, total %.1fs", len(res["epochs"]),
              res["kernel_seconds"], res["eig_seconds"], time.perf_counter() - start)
     atomic_savez(out_npz, epochs=res["epochs"], layers=res["layers"], eigenvalues=res["eigenvalues"],
-              eigenvectors=res["eigenvectors"], pairs=data.pairs, p=np.array(data.p),
-              kernel_seconds=np.array(res["kernel_seconds"]), eig_seconds=np.array(res["eig_seconds"]))
+                 eigenvectors=res["eigenvectors"], pairs=data.pairs, p=np.array(data.p),
+                 kernel_seconds=np.array(res["kernel_seconds"]), eig_seconds=np.array(res["eig_seconds"]))
 
 
 def modadd_full_stage(checkpoints: str | Path, cfg: dict[str, Any], device: str, out_npz: str | Path) -> None:

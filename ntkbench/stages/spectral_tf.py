@@ -31,6 +31,7 @@ from ntkbench.spectral.modadd_tf import (
     window_table,
 )
 from ntkbench.stages.common import write_csv
+from ntkbench.stages.spectral import save_checkpoint_spectra
 from ntkbench.training.health import check_training
 from ntkbench.training.modadd_tf import train_modadd_tf
 from ntkbench.utils import atomic_path, atomic_savez, get_logger, resolve_device, seed_everything
@@ -89,11 +90,7 @@ def tf_spectra_stage(checkpoints: str | Path, cfg: dict[str, Any], device: str, 
     start = time.perf_counter()
     res = grouped_checkpoint_spectra(model, tokens.to(dev), ckpt["states"], layer_group, top_k=top_k,
                                      n_vectors=n_vectors, device=dev, log=log)
-    log.info("%d checkpoints: kernels %.1fs, eigendecompositions %.1fs, total %.1fs", len(res["epochs"]),
-             res["kernel_seconds"], res["eig_seconds"], time.perf_counter() - start)
-    atomic_savez(out_npz, epochs=res["epochs"], layers=res["layers"], eigenvalues=res["eigenvalues"],
-                 eigenvectors=res["eigenvectors"], pairs=data.pairs, p=np.array(data.p),
-                 kernel_seconds=np.array(res["kernel_seconds"]), eig_seconds=np.array(res["eig_seconds"]))
+    save_checkpoint_spectra(out_npz, res, data, start)
 
 
 def tf_full_stage(checkpoints: str | Path, cfg: dict[str, Any], device: str, out_npz: str | Path) -> None:
