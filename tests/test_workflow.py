@@ -277,3 +277,22 @@ def test_attribution_table_written(finished_workdir):
     assert kglm.tau.between(-1, 1).all()  # τ beside LDS, from the kGLM reports
     assert (finished_workdir / "results" / "attribution.png").stat().st_size > 10_000
     assert "LDS" in (finished_workdir / "results" / "attribution.md").read_text()
+
+
+def test_a_failing_job_keeps_the_previous_good_outputs(finished_workdir):
+    """A kernel of another kind copied over trntk.h5: the kGLM job stops with a message naming
+    the file and what differs, and its previous good report survives (outputs are update())."""
+    kernels = finished_workdir / "results" / "tiny2-mlp" / "seed0" / "kernels"
+    report = finished_workdir / "results" / "tiny2-mlp" / "seed0" / "kglm" / "trntk.json"
+    before = report.read_text()
+    shutil.copy2(kernels / "trntk.h5", finished_workdir / "trntk.h5.bak")
+    shutil.copy(kernels / "trntk0.h5", kernels / "trntk.h5")  # a newer file: the kGLM job reruns
+    try:
+        proc = snakemake(finished_workdir, "results/tiny2-mlp/seed0/kglm/trntk.json", check=False)
+    finally:
+        shutil.copy2(finished_workdir / "trntk.h5.bak", kernels / "trntk.h5")
+    assert proc.returncode != 0
+    log = (finished_workdir / "results" / "logs" / "tiny2-mlp" / "seed0" / "kglm_trntk.log").read_text()
+    assert "trntk.h5:train_train is not the kernel this stage needs" in log
+    assert "kind: file has 'trntk0', expected 'trntk'" in log
+    assert report.read_text() == before
