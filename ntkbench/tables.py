@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ntkbench.kinds import KINDS
 from ntkbench.metrics import mean_sem
 
 __all__ = [
@@ -48,18 +49,8 @@ SUMMARY_LEADING_COLUMNS: tuple[str, ...] = (
 #: (right after ``n_seeds``) instead of averaging them.
 SETTINGS_COLUMNS: tuple[str, ...] = ("solver", "alpha", "target")
 
-#: How the paper writes each kernel name.
-KERNEL_DISPLAY_NAMES: dict[str, str] = {
-    "entk": "eNTK",
-    "trntk": "trNTK",
-    "trntk0": "trNTK⁰",
-    "pntk": "pNTK",
-    "pntk0": "pNTK⁰",
-    "proj-trntk": "proj-trNTK",
-    "proj-pntk": "proj-pNTK",
-    "em": "Em",
-    "ck": "CK",
-}
+#: How the paper writes each kernel name (from the kind registry).
+KERNEL_DISPLAY_NAMES: dict[str, str] = {name: kind.display for name, kind in KINDS.items()}
 
 MISSING = "—"
 
