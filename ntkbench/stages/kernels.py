@@ -73,6 +73,15 @@ def _partial_is_readable(partial: Path) -> bool:
         return False
 
 
+def _inputs(data_path: str | Path, model_path: str | Path, device: str):
+    """(data bundle, device, model on it, provenance attributes) of a kernel job."""
+    bundle = load_bundle(data_path)
+    dev = resolve_device(device)
+    model, ckpt = models.load_checkpoint(model_path, device=dev)
+    attrs = {"experiment_model": ckpt["spec"], "seed": int(ckpt.get("seed", -1)), "data_meta": bundle.meta}
+    return bundle, dev, model, attrs
+
+
 def _discard_stale_partial(partial: Path) -> None:
     if partial.exists() and not _partial_is_readable(partial):
         log.warning("discarding %s: not a readable HDF5 file (a job killed while creating it)", partial)
@@ -100,12 +109,9 @@ def kernel_stage(data_path: str | Path, model_path: str | Path, kind: str, optio
     over. The finished file is checked like any reader would check it, then renamed, so
     Snakemake never sees a half-written or non-finite kernel.
     """
-    bundle = load_bundle(data_path)
-    dev = resolve_device(device)
-    model, ckpt = models.load_checkpoint(model_path, device=dev)
+    bundle, dev, model, attrs = _inputs(data_path, model_path, device)
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
-    attrs = {"experiment_model": ckpt["spec"], "seed": int(ckpt.get("seed", -1)), "data_meta": bundle.meta}
 
     def compute() -> None:
         for group, (x, y) in kernel_groups(bundle).items():
@@ -123,9 +129,7 @@ def kernel_tile_stage(data_path: str | Path, model_path: str | Path, kind: str, 
                       out_path: str | Path) -> None:
     """Compute tile ``tile`` of kernel group ``group`` (one job of a tiled kernel, see
     :mod:`ntkbench.kernels.tiling`); resumable, written to ``<out>.partial`` then renamed."""
-    bundle = load_bundle(data_path)
-    dev = resolve_device(device)
-    model, ckpt = models.load_checkpoint(model_path, device=dev)
+    bundle, dev, model, _ = _inputs(data_path, model_path, device)
     x, y = kernel_groups(bundle)[group]
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
@@ -140,10 +144,7 @@ def kernel_gather_stage(data_path: str | Path, model_path: str | Path, kind: str
                         device: str, out_path: str | Path) -> None:
     """Gather every group's tiles into the kernel file the next stages read: the same layout
     and provenance as :func:`kernel_stage`'s, checked like a reader checks it."""
-    bundle = load_bundle(data_path)
-    dev = resolve_device(device)
-    model, ckpt = models.load_checkpoint(model_path, device=dev)
-    attrs = {"experiment_model": ckpt["spec"], "seed": int(ckpt.get("seed", -1)), "data_meta": bundle.meta}
+    bundle, dev, model, attrs = _inputs(data_path, model_path, device)
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
     if partial.exists():
