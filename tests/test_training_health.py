@@ -61,6 +61,17 @@ def test_blown_up_weights_and_outputs_fail_even_at_full_accuracy(digits2):
     assert any("outputs blew up" in p for p in problems)
 
 
+def test_non_finite_loss_reaches_the_health_check(digits2):
+    # train_classifier returns a NaN run instead of raising, so allow_divergence can keep it
+    # and the default check names the loss curve.
+    model, history, logits = _train(digits2, lr=1e30, epochs=2)
+    assert not np.isfinite(history["train_loss"].to_numpy()).all()
+    with pytest.raises(TrainingFailed, match="train_loss is non-finite"):
+        check_training(model, history, logits, digits2.train.y, digits2.num_classes)
+    problems = check_training(model, history, logits, digits2.train.y, digits2.num_classes, allow_failure=True)
+    assert any("non-finite" in p for p in problems)
+
+
 def test_allow_failure_logs_and_returns(caplog):
     model = torch.nn.Linear(2, 1)
     with torch.no_grad():
