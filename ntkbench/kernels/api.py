@@ -7,6 +7,7 @@ for the cosine-normalised kinds.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -23,8 +24,9 @@ from .fast import IMPLS, GradientEngine
 from .forward import checked_forward, eval_mode, kernel_device
 from .generic import class_scale, functional_state
 from .inputs import as_input_tensor, cast_input, iter_batches
-from .projection import PROJ_TYPES, BlockProjector
+from .projection import GENERATOR, PROJ_TYPES, BlockProjector, KroneckerProjector, make_projector
 from .reps import DenseGrad, GradRep, concat_reps, contract, prepare, self_kernel
+from .threads import thread_budget
 
 __all__ = [
     "KINDS",
@@ -67,6 +69,7 @@ class KernelOptions:
     dtype: str = "float32"
     layerwise: bool = False
     impl: str = "auto"
+    proj_cache_mb: int | None = None
 
     def __post_init__(self) -> None:
         info = _kinds.kind_info(self.kind)  # a clear error for an unknown kind
@@ -75,6 +78,9 @@ class KernelOptions:
                 raise ValueError(f"proj_dim must be a positive integer, got {self.proj_dim!r}")
             if self.proj_type not in PROJ_TYPES:
                 raise ValueError(f"unknown proj_type {self.proj_type!r}; valid: {', '.join(PROJ_TYPES)}")
+        if self.proj_cache_mb is not None and (isinstance(self.proj_cache_mb, bool) or not isinstance(self.proj_cache_mb, int)
+                                               or self.proj_cache_mb < 0):
+            raise ValueError(f"proj_cache_mb must be None (default budget) or an integer >= 0, got {self.proj_cache_mb!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.impl not in IMPLS:
@@ -102,7 +108,7 @@ class KernelOptions:
         if info.projected:
             self.proj_dim = int(self.proj_dim)
         else:  # irrelevant options are normalised away so provenance compares equal
-            self.proj_dim, self.proj_type, self.seed = 0, "", 0
+            self.proj_dim, self.proj_type, self.seed, self.proj_cache_mb = 0, "", 0, None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -120,8 +126,17 @@ class KernelOptions:
     def normalised(self) -> bool:
         return self.info.normalised
 
+    @property
+    def proj_cache_bytes(self) -> int | None:
+        return None if self.proj_cache_mb is None else self.proj_cache_mb << 20
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """All options, plus for projected kinds the random generator's version, so that a
+        kernel file drawn with another generator is never taken for this one."""
+        data = asdict(self)
+        if self.info.projected:
+            data["proj_generator"] = GENERATOR
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def build(cls, kind: str, *, dtype: torch.dtype = torch.float32, importance: Any = None, layers=None, **kw) -> "KernelOptions":
@@ -148,11 +163,12 @@ def check_finite(values: torch.Tensor, what: str) -> None:
 
 
 class _ProjectedSource:
-    """Projected gradients R g^c as one dense part; R is generated once per chunk of samples
-    (tile by tile), and a chunk is as large as the memory budget allows so that the cost is
-    amortised (for N = 1000 MLP/CNN features: one chunk, so R is generated once)."""
+    """Projected gradients R g^c as one dense part. R's tiles are generated on the device once
+    per chunk of samples, or once in all when they fit the projector's cache budget
+    (``KernelOptions.proj_cache_mb``); a chunk is as large as the memory budget allows so that
+    the cost is amortised (for N = 1000 MLP/CNN features: one chunk)."""
 
-    def __init__(self, engine: GradientEngine, projector: BlockProjector, batch_size: int):
+    def __init__(self, engine: GradientEngine, projector: BlockProjector | KroneckerProjector, batch_size: int):
         self.engine, self.projector, self.batch_size = engine, projector, batch_size
 
     def _project(self, pending: dict[str, list[GradRep]]) -> torch.Tensor:
@@ -194,7 +210,7 @@ def make_source(model: nn.Module, opts: KernelOptions, device: torch.device, pro
         mix = None if scale is None else torch.diag(scale)
     engine = GradientEngine(model, params, others, impl=opts.impl, mix=mix)
     if opts.info.projected:
-        projector = BlockProjector(opts.proj_dim, opts.proj_type, opts.seed, device, dtype)
+        projector = make_projector(opts.proj_dim, opts.proj_type, opts.seed, device, dtype, opts.proj_cache_bytes)
         return _ProjectedSource(engine, projector, opts.batch_size)
     return engine
 
@@ -330,6 +346,20 @@ def _kernel_in_memory(source, opts: KernelOptions, X: torch.Tensor, Y: torch.Ten
     return kernel, dx, (None if same else torch.cat(diag_y))
 
 
+def _in_thread_budget(fn):
+    """Run ``fn`` under :func:`thread_budget` ``(threads=...)``, all of it: the normalisation
+    and finiteness checks after the contractions are tiny ops too, which collapse under
+    contention when run with more threads than free cores (5 ms each at load 6 on 2 cores)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with thread_budget(kwargs.get("threads")):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_in_thread_budget
 def compute(
     model: nn.Module,
     x: Any,
@@ -346,6 +376,8 @@ def compute(
     dtype: torch.dtype = torch.float32,
     layerwise: bool = False,
     impl: str = "auto",
+    proj_cache_mb: int | None = None,
+    threads: int | str | None = None,
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """Compute an empirical-NTK-family kernel between the inputs ``x`` and ``y``.
 
@@ -357,10 +389,15 @@ def compute(
         kind: one of ``KINDS`` (definitions in SPEC section 1):
             entk (N, M, C, C); trntk0 = sum_c <g^c, g^c>; pntk0 = (1/C) <sum_c g^c, sum_c g^c>;
             trntk / pntk their cosine normalisations; proj-trntk / proj-pntk the same from
-            projected gradients R g (R: K x P, entries N(0,1) or +-1, times 1/sqrt(K));
+            projected gradients R g (R: K x P, entries N(0,1) or +-1, times 1/sqrt(K); or
+            proj_type="kronecker": layer-wise R_out (x) R_in, a different estimator, see
+            :class:`ntkbench.kernels.projection.KroneckerProjector`);
             ck cosine similarity of the last nn.Linear's input; em the cosine-normalised sum of
             activation Grams over ``layers``.
-        proj_dim, proj_type, seed: the projection (projected kinds only); same seed, same R.
+        proj_dim, proj_type, seed: the projection (projected kinds only); same seed, same R,
+            bit for bit on every device (:mod:`ntkbench.kernels.philox`).
+        proj_cache_mb: memory budget for R's tiles kept across sample chunks (None: 1 GiB on
+            the CPU, a quarter of the free GPU memory; 0: regenerate). Never changes values.
         layers: em layer module names; default every activation module (ReLU, GELU, ...).
         importance: length-C already-exponentiated class weights I_c^beta; g^c is multiplied
             by sqrt(importance[c]) (= I_c^(beta/2)) before any contraction.
@@ -372,20 +409,25 @@ def compute(
             normaliser sqrt(k0(x,x) k0(y,y)). Not available for proj-* and ck.
         impl: "auto" (factorised fast path where possible, verified), "fast" (error instead
             of falling back when verification fails) or "generic" (torch.func everywhere).
+        threads: CPU intra-op threads for this call: None = torch's setting capped by the
+            job's allocated CPUs (deterministic); ``"free"`` = also capped by the cores other
+            processes leave free (faster on a busy machine, last bits may vary between runs);
+            an int = exactly that many. See :mod:`ntkbench.kernels.threads`. The caller's
+            setting is restored. Never changes values beyond float rounding.
 
     Returns:
         (N, M) tensor ((N, M, C, C) for entk), or a dict of them with ``layerwise``.
     """
     opts = KernelOptions.build(
         kind, dtype=dtype, importance=importance, layers=layers, proj_dim=proj_dim, proj_type=proj_type,
-        seed=seed, batch_size=batch_size, layerwise=layerwise, impl=impl,
+        seed=seed, batch_size=batch_size, layerwise=layerwise, impl=impl, proj_cache_mb=proj_cache_mb,
     )
     X = as_input_tensor(x, "x")
     same = y is None
     Y = X if same else as_input_tensor(y, "y")
     check_same_sample_shape(X, Y)
     dev = kernel_device(model, device)
-    with eval_mode(model):
+    with eval_mode(model):  # the thread budget applies to the whole call: see _in_thread_budget
         source = make_source(model, opts, dev, cast_input(X[:1], dev, opts.torch_dtype))
         kernel, dx, dy = _kernel_in_memory(source, opts, X, Y, same, dev)
     what = f"kernel {kind!r} ({X.shape[0]} x {Y.shape[0]})"

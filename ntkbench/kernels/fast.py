@@ -7,13 +7,18 @@ For the common layers the per-sample gradient factorises, so it is never materia
 * Embedding: the same with a = one-hot(token).
 * LayerNorm / GroupNorm / BatchNorm (eval): g_weight = sum_l xhat_l * delta_l,
   g_bias = sum_l delta_l; these have few parameters, so they are materialised (cheap).
+* Grouped / depthwise Conv1d / Conv2d (groups > 1): materialised per group from the patches
+  and delta (see :func:`_grouped_conv_grad`).
 
 Samples are independent in eval mode, so one backward of sum_n F^c(x_n) (batched over the
 classes) yields every sample's delta at once. Parameters of any other module (or modules used
 in ways hooks cannot see) go through the generic ``torch.func`` path. On the first batch the
-batch-summed factorised gradients are checked against autograd's parameter gradients; a
-module that fails (e.g. its weight is also used functionally elsewhere) falls back to the
-generic path.
+factorised gradients, summed over the samples with distinct weights (so that a gradient
+attributed to the wrong sample is caught too), are checked against autograd's parameter
+gradients; a module that fails (e.g. its weight is also used functionally elsewhere) falls
+back to the generic path. A Linear/Embedding module whose input lacks the batch dimension
+(a positional embedding of arange(T), broadcast over the batch) gets a per-sample copy of
+its output, so that it stays on the fast path.
 """
 from __future__ import annotations
 
@@ -35,7 +40,9 @@ __all__ = ["GradientEngine", "IMPLS"]
 
 IMPLS = ("auto", "fast", "generic")
 _LOG = get_logger(__name__)
-_VERIFY_SAMPLES = 16  # samples of the first batch on which the fast path is cross-checked
+# Samples of the first batch on which the fast path is cross-checked. Prime, so that it is
+# unlikely to equal a sequence length (an unbatched input of that length would look batched).
+_VERIFY_SAMPLES = 13
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _FAST_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding) + _NORMS
@@ -46,8 +53,8 @@ def _fast_eligible(module: nn.Module) -> bool:
     kind = type(module)
     if kind not in _FAST_TYPES or getattr(module, "weight", None) is None:
         return False
-    if kind in (nn.Conv1d, nn.Conv2d):
-        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    if kind in (nn.Conv1d, nn.Conv2d):  # groups > 1 too: materialised by _grouped_conv_grad
+        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
     if kind is nn.Embedding:
         return module.max_norm is None and not module.scale_grad_by_freq
     if kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
@@ -70,6 +77,10 @@ class _FastModule:
     module: nn.Module
     params: list[str]  # qualified parameter names, weight first
     calls: list[_Call] = field(default_factory=list)
+    # Whether the module's input lacks the batch dimension (e.g. a positional embedding of
+    # arange(T) broadcast over the batch later); decided once, at verification (see
+    # GradientEngine._detect_unbatched), or else by the module's first hooked call.
+    unbatched: bool | None = None
 
 
 def _linear_inputs(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +121,35 @@ def _patches(x: torch.Tensor, kernel, stride, padding, dilation, ones_column: bo
 
 
 def _conv_inputs(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return _patches(x.detach(), mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.bias is not None)
+    # Grouped convs take their bias gradient from delta alone (_grouped_conv_grad): no ones column.
+    ones = mod.bias is not None and mod.groups == 1
+    return _patches(x.detach(), mod.kernel_size, mod.stride, mod.padding, mod.dilation, ones)
+
+
+def _is_grouped_conv(mod: nn.Module) -> bool:
+    return isinstance(mod, (nn.Conv1d, nn.Conv2d)) and mod.groups > 1
+
+
+def _grouped_conv_grad(mod: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Materialised per-sample gradients (B, C, p) of a grouped conv, [weight, bias] layout.
+
+    a: patches (B, L, Cin * prod(k)) without a ones column; delta: (C, B, Cout, *out_spatial).
+    Group g's weight gradient is sum_l a_l[g-th Cin/G block] (x) delta_l[g-th Cout/G block],
+    one einsum over all groups. Why materialised rather than factorised: OuterGrad needs one
+    input vector a_l shared by every output channel, which a grouped conv lacks (its gradient
+    is block diagonal in (out, in) channels). Materialising is exact and cheap where grouped
+    convs occur: a depthwise conv (MobileNetV2) has only Cout * prod(k) (e.g. 9 Cout) weights,
+    far fewer than the L (din + C dout) numbers per sample of a factorised form, so the
+    DenseGrad contraction is also the cheaper one (as for the norms).
+    """
+    G = mod.groups
+    C, B, Cout = delta.shape[:3]
+    L = a.shape[1]
+    d = delta.reshape(C, B, G, Cout // G, L)
+    g = torch.einsum("cbgol,blgi->bcgoi", d, a.reshape(B, L, G, -1)).reshape(B, C, -1)
+    if mod.bias is None:
+        return g
+    return torch.cat([g, d.sum(-1).reshape(C, B, Cout).transpose(0, 1)], dim=2)
 
 
 def _norm_inputs(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -142,6 +181,11 @@ class _ConvSink:
     bias, a's last column is the constant 1, so each block is the augmented [W | b]. When
     din < dout the blocks are computed transposed, a^T delta^T: these small matmuls are
     faster with the wider side last (2.5x for a 1->16-channel 3x3 conv on 28x28 inputs).
+
+    Stacking the classes into one taller bmm per sample was measured and rejected: the
+    product itself is 2-3x faster, but copying each class's output gradient into the stacked
+    buffer costs as much (narrow convs make these products memory-bound), so the sink was
+    no faster on the family's narrow CNNs (0.91 s against 0.84 s, cnn-narrow, N = 500).
     """
 
     def __init__(self, a: torch.Tensor, C: int, dout: int, layout: list, has_bias: bool) -> None:
@@ -203,6 +247,9 @@ class GradientEngine:
             self._plan_fast_modules()
         self._verified = impl == "generic"
         self._batched_backward = True
+        self._batch = 0  # samples in the batch being forwarded (the hooks compare against it)
+        self._expand_unbatched = True  # per-sample copies of unbatched outputs (see _hook)
+        self._last_logits: torch.Tensor | None = None
         # vmap has no batched convolution backward (it loops over the classes and stacks), so
         # with convolutions a plain loop over classes is faster, and its per-class output
         # gradients feed the conv gradient materialisation without any stacking copy.
@@ -241,8 +288,23 @@ class GradientEngine:
 
     # -- forward with hooks -----------------------------------------------------------------
     def _hook(self, fm: _FastModule) -> Callable:
-        def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor | None:
             x = inputs[0]
+            B = self._batch
+            if fm.unbatched is None:
+                fm.unbatched = x.dim() == 0 or x.shape[0] != B or out.dim() == 0 or out.shape[0] != B
+            if fm.unbatched:
+                # An input without the batch dimension (a positional embedding of arange(T),
+                # broadcast over the batch downstream): each sample gets its own copy of the
+                # output, so that the backward yields per-sample output gradients. Elsewhere
+                # (or if that changes the forward, see _verify) the module records no call
+                # and goes to the generic path.
+                if not (self._expand_unbatched and isinstance(mod, (nn.Linear, nn.Embedding))):
+                    return None
+                if x.dim() > 0 and x.shape[0] == 1 and out.shape[0] == 1:  # (1, T) ids: broadcast dim 0
+                    x, out = x.expand((B,) + x.shape[1:]), out.expand((B,) + out.shape[1:])
+                else:  # (T,) ids: a new leading dim
+                    x, out = x.unsqueeze(0).expand((B,) + x.shape), out.unsqueeze(0).expand((B,) + out.shape)
             if isinstance(mod, nn.Linear):
                 feat, mask = _linear_inputs(mod, x), None
             elif isinstance(mod, (nn.Conv1d, nn.Conv2d)):
@@ -262,6 +324,7 @@ class GradientEngine:
         return hook
 
     def _forward(self, xb: torch.Tensor) -> torch.Tensor:
+        self._batch = xb.shape[0]
         for fm in self.fast.values():
             fm.calls.clear()
         handles = [fm.module.register_forward_hook(self._hook(fm)) for fm in self.fast.values()]
@@ -274,9 +337,11 @@ class GradientEngine:
                 h.remove()
 
     def _class_grads(
-        self, logits: torch.Tensor, tensors: list[torch.Tensor], sinks: dict[int, "_ConvSink"] | None = None
+        self, logits: torch.Tensor, tensors: list[torch.Tensor], sinks: dict[int, "_ConvSink"] | None = None,
+        weights: torch.Tensor | None = None,
     ) -> list:
-        """d(sum_b sum_c mix[c,c'] F^c_b)/d t for every t, stacked over c' as (C', *t.shape).
+        """d(sum_b w_b sum_c mix[c,c'] F^c_b)/d t for every t, stacked over c' as (C', *t.shape)
+        (w_b = 1 unless ``weights`` (B,) are given).
 
         ``sinks`` (class loop only) consume the gradients of some tensors class by class as
         they come (their entries in the result are None), so that these never pile up.
@@ -284,6 +349,8 @@ class GradientEngine:
         B, C = logits.shape
         mix = torch.eye(C, dtype=logits.dtype, device=logits.device) if self.mix is None else self.mix
         seeds = mix.T.unsqueeze(1).expand(mix.shape[1], B, C)  # (C', B, C)
+        if weights is not None:
+            seeds = seeds * weights.view(1, B, 1)
         # One vmap'd backward over the classes (measured faster than a loop over classes
         # for MLPs); a loop when some op's backward has no batching rule.
         if self._batched_backward and not self._class_loop:
@@ -320,7 +387,7 @@ class GradientEngine:
         pos = 0
         for fm in live:
             mod, calls = fm.module, fm.calls
-            if len(calls) == 1 and isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            if len(calls) == 1 and isinstance(mod, (nn.Conv1d, nn.Conv2d)) and mod.groups == 1:
                 a = calls[0].feat
                 if _prefer_dense(a.shape[1], a.shape[-1], mod.out_channels, C):
                     sinks[pos] = _ConvSink(a, C, mod.out_channels, self._layout(fm), len(fm.params) > 1)
@@ -342,6 +409,9 @@ class GradientEngine:
                     d = d.masked_fill(call.mask.view(B, 1, -1, 1), 0.0)
                 parts_a.append(call.feat)
                 parts_d.append(d)
+            elif _is_grouped_conv(mod):
+                g = _grouped_conv_grad(mod, call.feat, delta)
+                dense = g if dense is None else dense + g
             elif isinstance(mod, (nn.Conv1d, nn.Conv2d)):
                 d = delta.reshape(C, B, delta.shape[2], -1).permute(1, 0, 3, 2)
                 parts_a.append(call.feat)
@@ -367,7 +437,12 @@ class GradientEngine:
         if isinstance(mod, nn.Embedding):
             return OuterGrad(d, None, a, mod.num_embeddings, weight, None, transposed=True)
         L, din, dout = a.shape[1], a.shape[-1], d.shape[-1]
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and _prefer_dense(L, din, dout, d.shape[1]):
+        # Materialise where that is the cheaper contraction (convs; Linear layers applied at
+        # many positions, e.g. attention projections over a sequence): one bmm per class into
+        # class-major [W | b] storage, straight from views of the output gradients. (Leaving
+        # it to OuterGrad.dense() would copy the gradients into another order and concatenate
+        # the bias: 25% of the attention model's profile.)
+        if L > 1 and _prefer_dense(L, din, dout, d.shape[1]):
             sink = _ConvSink(a, d.shape[1], dout, self._layout(fm), bias is not None)
             for c in range(d.shape[1]):
                 sink.add(c, d[:, c].transpose(1, 2))  # (B, dout, L)
@@ -386,7 +461,14 @@ class GradientEngine:
         outs = [c.out for fm in live for c in fm.calls]
         pnames = [p for fm in live for p in fm.params] if verify else []
         sinks = self._conv_sinks(live, self.mix.shape[1] if self.mix is not None else logits.shape[1])
-        grads = self._class_grads(logits, outs + [self.params[p] for p in pnames], sinks) if outs else []
+        grads = self._class_grads(logits, outs, sinks) if outs else []
+        if verify:
+            # Autograd's parameter gradients of a *weighted* batch sum: the factorised per-sample
+            # gradients must reproduce it with the same weights, which a plain sum would not
+            # check (gradients attributed to the wrong samples still sum correctly).
+            weights = _verify_weights(B, logits.dtype, logits.device)
+            grads = grads + self._class_grads(logits, [self.params[p] for p in pnames], None, weights)
+        self._last_logits = logits.detach()
         reps: dict[str, GradRep] = {}
         pos = 0
         for fm in live:
@@ -400,7 +482,7 @@ class GradientEngine:
         if verify:
             expected = dict(zip(pnames, grads[pos:]))
             for fm in live:
-                got = _batch_sum(reps[fm.name], self.params)
+                got = _batch_sum(reps[fm.name], self.params, weights)
                 for pname in fm.params:
                     exp = expected[pname]
                     exp = torch.zeros_like(got[pname]) if exp is None else exp.reshape(got[pname].shape)
@@ -413,18 +495,74 @@ class GradientEngine:
             fm.calls.clear()
         return reps, failed
 
+    def _detect_unbatched(self, xb: torch.Tensor) -> set[str]:
+        """Which fast modules get inputs without the batch dimension: those whose input's
+        leading size does not follow the batch size over two plain forwards (B and B + 1
+        samples), which a single batch size cannot tell when it equals, e.g., the sequence
+        length. Modules not called here are decided by their first hooked call. Returns the
+        names of the modules decided here."""
+        seen: dict[str, list] = {name: [] for name in self.fast}
+
+        def probe(fm: _FastModule) -> Callable:
+            def hook(mod: nn.Module, inputs: tuple, out) -> None:
+                x = inputs[0] if inputs else None
+                seen[fm.name].append(x.shape[0] if isinstance(x, torch.Tensor) and x.dim() > 0 else None)
+            return hook
+
+        handles = [fm.module.register_forward_hook(probe(fm)) for fm in self.fast.values()]
+        try:
+            with torch.no_grad():
+                for batch in (xb, torch.cat([xb, xb[:1]])):
+                    functional_call(self.model, {**self.others, **self.params}, (batch,))
+        except (RuntimeError, ValueError, IndexError, TypeError):
+            return set()  # the hooked forwards decide (and report the error)
+        finally:
+            for h in handles:
+                h.remove()
+        B = xb.shape[0]
+        for name, sizes in seen.items():
+            if sizes:
+                half = len(sizes) // 2
+                first, second = sizes[:half], sizes[half:]
+                self.fast[name].unbatched = any(a is None or a != B or b != B + 1 for a, b in zip(first, second))
+        return {name for name, sizes in seen.items() if sizes}
+
     def _verify(self, xb: torch.Tensor) -> None:
         """Cross-check the factorised gradients against autograd's parameter gradients (for
         convs a second, weight-gradient backward, so only on a few samples, once); modules
-        that fail go to the generic path (or raise with ``impl="fast"``)."""
-        try:
-            _, failed = self._fast_reps(xb, verify=True)
-        except (RuntimeError, ValueError):  # checked_forward reports model errors as ValueError
-            if not self._channels_last:
-                raise
-            self._channels_last = False
-            _LOG.debug("forward fails with channels-last conv outputs; keeping the model's layout")
-            _, failed = self._fast_reps(xb, verify=True)
+        that fail go to the generic path (or raise with ``impl="fast"``).
+
+        The hooked forward must also give the model's own logits: channels-last conv outputs
+        or per-sample copies of unbatched outputs may break a model (an error) or, in
+        principle, change what it computes; then these are undone, one at a time."""
+        with torch.no_grad():
+            plain = checked_forward(
+                self.model, xb, lambda t: functional_call(self.model, {**self.others, **self.params}, (t,))
+            )
+        probed = self._detect_unbatched(xb)
+        while True:
+            error = None
+            for fm in self.fast.values():  # the others are decided afresh by each attempt's hooks
+                if fm.name not in probed:
+                    fm.unbatched = None
+            try:  # checked_forward reports model errors as ValueError
+                _, failed = self._fast_reps(xb, verify=True)
+                same = bool((self._last_logits - plain).norm() <= 1e-4 * plain.norm() + 1e-6 * math.sqrt(plain.numel()))
+            except (RuntimeError, ValueError) as err:
+                error, same = err, False
+            if same:
+                break
+            if self._expand_unbatched and any(fm.unbatched for fm in self.fast.values()):
+                self._expand_unbatched = False
+                _LOG.debug("per-sample copies of unbatched outputs break the forward; generic path for those modules")
+            elif self._channels_last:
+                self._channels_last = False
+                _LOG.debug("forward fails with channels-last conv outputs; keeping the model's layout")
+            elif error is not None:
+                raise error
+            else:
+                failed = list(self.fast)
+                break
         self._verified = True
         if not failed:
             return
@@ -464,10 +602,15 @@ class GradientEngine:
         return {g: out[g] for g in self.groups if g in out}
 
 
-def _batch_sum(rep: GradRep, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """sum_b g_b^c per parameter, shaped (C, *param.shape), for the autograd cross-check."""
+def _verify_weights(B: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Distinct, deterministic per-sample weights in [0.5, 1.5) for the verification."""
+    return (torch.arange(B, dtype=torch.float64) * 0.6180339887498949 % 1.0 + 0.5).to(dtype=dtype, device=device)
+
+
+def _batch_sum(rep: GradRep, params: dict[str, torch.Tensor], w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """sum_b w_b g_b^c per parameter, shaped (C, *param.shape), for the autograd cross-check."""
     if isinstance(rep, DenseGrad):
-        total = rep.canonical().sum(0)
+        total = (rep.canonical() * w.view(-1, 1, 1)).sum(0)
         out, offset = {}, 0
         for name, shape in rep.layout:
             size = math.prod(shape)
@@ -478,10 +621,10 @@ def _batch_sum(rep: GradRep, params: dict[str, torch.Tensor]) -> dict[str, torch
     wname, wshape = rep.weight
     if rep.idx is not None:
         table = torch.zeros(C, rep.din, rep.dout, dtype=rep.d.dtype, device=rep.d.device)
-        src = rep.d.permute(1, 0, 2, 3).reshape(C, -1, rep.dout)
+        src = (rep.d * w.view(-1, 1, 1, 1)).permute(1, 0, 2, 3).reshape(C, -1, rep.dout)
         table.index_add_(1, rep.idx.reshape(-1), src)
         return {wname: table}
-    full = torch.einsum("bli,bclo->coi", rep.a, rep.d)
+    full = torch.einsum("b,bli,bclo->coi", w, rep.a, rep.d)
     out = {}
     if rep.bias is not None:
         out[wname] = full[..., :-1].reshape((C,) + wshape)

@@ -1,46 +1,69 @@
-"""Seeded tiled random projections R (K x P) applied to per-sample gradients.
+"""Seeded random projections R (K x P) of per-sample gradients, generated on the compute
+device and identical on every device.
 
-How R is generated (device-independent by construction). R is never materialised whole.
-Each parameter, viewed as (rows, row_length), is cut into row blocks of whole rows (about
-``BLOCK_ELEMENTS`` entries: ``rows_per_block = max(1, BLOCK_ELEMENTS // row_length)``), and the
-K projection outputs into tiles of ``TILE_K`` consecutive outputs. Tile (b, t) of parameter
-``name`` is R[t*TILE_K : (t+1)*TILE_K, entries of row block b], drawn as one row-major
-``(TILE_K, entries)`` call of ``torch.randn`` (Gaussian) or ``torch.randint(0, 2)`` mapped to
-+-1 (Rademacher) on the CPU from a ``torch.Generator`` seeded with
-``block_seed(seed, name, b, t)`` (a blake2b hash); the last tile is drawn whole and cut at K.
-So the same (seed, K, type) gives the same R on CPU and on every GPU (GPU generators depend
-on the device's launch configuration), a parameter's R does not depend on which other
-parameters exist, and R for K is the first K rows of R for any larger K. The 1/sqrt(K)
-scale is applied to the projected output.
+Two estimators of <g, g'> (SPEC section 1), selected by ``proj_type``:
 
-Each tile is generated ONCE per call of :meth:`BlockProjector.project` (i.e. once per
-kernel computation when all features fit in memory) and applied to every sample. For a
-factorised Linear gradient g^c = a (x) d^c: R g^c = sum_o d^c_o (R_o a), so the product with
-the inputs is shared by all C classes: one GEMM (B, din) x (din, TILE_K * rows) per tile, the
-bias folded in as the constant input column, then a batched product with d over the tile's
-rows (the paper's C N K P term becomes N K P + C N K dout).
+* ``gaussian`` / ``rademacher`` (the paper's): R has i.i.d. N(0, 1) or +-1 entries, scaled
+  by 1/sqrt(K). E[<Rg, Rg'>] = <g, g'>; for Gaussian R the variance of <Rg, Rg'> is
+  (|g|^2 |g'|^2 + <g, g'>^2) / K (Johnson-Lindenstrauss). :class:`BlockProjector`.
+* ``kronecker`` (LoGra, Choe et al. 2024): a different, structured estimator, see
+  :class:`KroneckerProjector`. Far cheaper to apply, but not the paper's R.
+
+How the dense R is generated. Entry R[k, j] of parameter ``name`` (j = index in the
+parameter's flattened entries) is a pure function of (seed, name, k, j): the counter-based
+Philox4x32-10 generator of :mod:`.philox`, keyed by a hash of (seed, name) and countered by
+(j, k), turned into N(0, 1) deviates with IEEE-exact arithmetic only. So the same
+(seed, K, type) gives bit-identical R on the CPU and on every GPU; a parameter's R does not
+depend on which other parameters exist; R for K is the first K rows of R for any larger K;
+and any tile can be drawn on the device where it is used (no host-to-device copy). The
+generator's version (:data:`.philox.GENERATOR`) is part of a projected kernel's identity.
+
+R is never materialised whole. Each parameter, viewed as (rows, row_length), is cut into row
+blocks of whole rows (about ``BLOCK_ELEMENTS`` entries) and the K outputs into tiles of
+``TILE_K``; tile (b, t) = R[t*TILE_K : (t+1)*TILE_K, entries of row block b]. The blocking
+only bounds memory; it does not change any entry.
+
+Cost and caching. Generating an entry takes ~110 elementwise integer/float64 operations
+(Philox's 10 rounds, Box-Muller with polynomial log/sin/cos): cheap on a GPU (memory-bound,
+~ms per 16M-entry tile), but on a CPU about 7x slower than ``torch.randn`` (measured in
+benchmarks/README.md). Tiles are therefore kept across :meth:`BlockProjector.project_many`
+calls (chunks of samples, kernel row blocks, x and y) up to ``cache_bytes``: default
+:func:`default_cache_bytes` (1 GiB on the CPU; a quarter of the free memory on a GPU).
+Tiles beyond the budget are regenerated per call; values never depend on the cache.
+
+Applying a tile. For a factorised Linear gradient g^c = a (x) d^c: R g^c = sum_o d^c_o (R_o a),
+so the product with the inputs is shared by all C classes: one GEMM (B, din) x (din, TILE_K *
+rows) per tile, the bias folded in as the constant input column, then a batched product with
+d over the tile's rows (the paper's C N K P term becomes N K P + C N K dout). Its lower bound
+is N K P multiply-adds: for P = 1e5, K = 1e4, N = 1e3, 2e12 flop, ~11 s at 180 GFLOP/s.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
 
+from .philox import GENERATOR, gaussian_block, rademacher_block
 from .reps import DenseGrad, GradRep, OuterGrad
 
-__all__ = ["PROJ_TYPES", "BLOCK_ELEMENTS", "TILE_K", "BlockProjector", "block_seed"]
+__all__ = ["PROJ_TYPES", "DENSE_PROJ_TYPES", "GENERATOR", "BLOCK_ELEMENTS", "TILE_K", "BlockProjector",
+           "KroneckerProjector", "make_projector", "default_cache_bytes", "kronecker_plan"]
 
-PROJ_TYPES = ("gaussian", "rademacher")
+DENSE_PROJ_TYPES = ("gaussian", "rademacher")  # i.i.d. entries: the paper's estimator
+PROJ_TYPES = DENSE_PROJ_TYPES + ("kronecker",)
 BLOCK_ELEMENTS = 1 << 16  # parameter entries per row block (rounded to whole rows)
 TILE_K = 256  # projection outputs per tile
 _MAX_TEMP = 1 << 25  # elements of the largest temporary a projection step may create
+CPU_CACHE_BYTES = 1 << 30
 
 
-def block_seed(seed: int, name: str, block: int, tile: int = 0) -> int:
-    """Deterministic 63-bit seed for tile ``tile`` of row block ``block`` of parameter ``name``."""
-    digest = hashlib.blake2b(f"{seed}|{name}|{block}|{tile}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+def default_cache_bytes(device: torch.device) -> int:
+    """Default budget for cached tiles of R: 1 GiB on the CPU, a quarter of the free memory
+    of a CUDA device."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free) // 4
+    return CPU_CACHE_BYTES
 
 
 def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -50,19 +73,29 @@ def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
     return rows, numel // rows
 
 
+def _draw(proj_type: str, seed: int, name: str, k0: int, k1: int, j0: int, j1: int, device) -> torch.Tensor:
+    gen = gaussian_block if proj_type == "gaussian" else rademacher_block
+    return gen(seed, name, k0, k1, j0, j1, device)
+
+
 class BlockProjector:
     """Generates tiles of R (K-tile x row block of a parameter) and projects gradients."""
 
-    def __init__(self, proj_dim: int, proj_type: str, seed: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, proj_dim: int, proj_type: str, seed: int, device: torch.device, dtype: torch.dtype,
+                 cache_bytes: int | None = None):
         if not isinstance(proj_dim, int) or proj_dim <= 0:
             raise ValueError(f"proj_dim must be a positive integer, got {proj_dim!r}")
-        if proj_type not in PROJ_TYPES:
-            raise ValueError(f"unknown proj_type {proj_type!r}; valid: {', '.join(PROJ_TYPES)}")
+        if proj_type not in DENSE_PROJ_TYPES:
+            raise ValueError(f"unknown proj_type {proj_type!r} for a dense projection; valid: {', '.join(DENSE_PROJ_TYPES)}")
         self.proj_dim = proj_dim
         self.proj_type = proj_type
         self.seed = int(seed)
-        self.device = device
+        self.device = torch.device(device)
         self.dtype = dtype
+        self.cache_bytes = default_cache_bytes(self.device) if cache_bytes is None else int(cache_bytes)
+        self._cache: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._cached = 0
+        self.tiles_generated = 0  # tiles drawn (cache misses), for tests and benchmarks
 
     @property
     def num_tiles(self) -> int:
@@ -83,19 +116,21 @@ class BlockProjector:
 
     def tile(self, name: str, shape: tuple[int, ...], block: int, tile: int) -> torch.Tensor:
         """Unscaled tile of R: (tile_width(tile), rows_in_block * row_length), on the device."""
+        key = (name, block, tile)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
         _, row_len = _rows(shape)
         r0, r1 = self.row_blocks(shape)[block]
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(block_seed(self.seed, name, block, tile))
-        size = (TILE_K, (r1 - r0) * row_len)
-        if self.proj_type == "gaussian":
-            out = torch.randn(size, generator=gen, dtype=torch.float32)
-        else:
-            out = torch.randint(0, 2, size, generator=gen, dtype=torch.int8).to(torch.float32).mul_(2).sub_(1)
-        width = self.tile_width(tile)
-        if width < TILE_K:
-            out = out[:width]
-        return out.to(device=self.device, dtype=self.dtype)
+        k0 = tile * TILE_K
+        out = _draw(self.proj_type, self.seed, name, k0, k0 + self.tile_width(tile), r0 * row_len, r1 * row_len,
+                    self.device).to(self.dtype)
+        self.tiles_generated += 1
+        size = out.numel() * out.element_size()
+        if self._cached + size <= self.cache_bytes:
+            self._cache[key] = out
+            self._cached += size
+        return out
 
     def dense_matrix(self, layout: list[tuple[str, tuple[int, ...]]]) -> torch.Tensor:
         """The whole R^T (P x K) for ``layout``; for tests and small models only."""
@@ -200,3 +235,186 @@ class BlockProjector:
             g.scatter_add_(1, local.unsqueeze(-1).expand(B, L, C * dout), src * inside.unsqueeze(-1).to(src.dtype))
             g = g.view(B, r, C, dout).permute(0, 2, 1, 3).reshape(B * C, r * dout)
             out += (g @ rt.T).view(B, C, -1)
+
+
+# -- structured (Kronecker / LoGra) projection ---------------------------------------------
+def _kron_dims(target: int, rows: int, cols: int) -> tuple[int, int]:
+    """(k_out, k_in) for a (rows x cols) gradient matrix and a budget of ``target`` outputs:
+    the same compression on both sides (k_out / k_in ~ rows / cols), k_out <= rows,
+    k_in <= cols, k_out * k_in <= target."""
+    k_out = min(rows, max(1, round(math.sqrt(target * rows / cols))))
+    k_in = min(cols, max(1, target // k_out))
+    k_out = min(rows, max(1, target // k_in))
+    return k_out, k_in
+
+
+def kronecker_plan(blocks: list[tuple[str, int, int]], proj_dim: int) -> list[tuple[str, int, int, int, int]]:
+    """Split ``proj_dim`` among gradient blocks (name, rows, cols) equally (LoGra gives every
+    layer the same k), except that a block never gets more than the rows * cols outputs that
+    make it exact; what it leaves is shared among the others (water-filling, ties to the
+    earlier block). Each share is then factored into (k_out, k_in) with :func:`_kron_dims`
+    (cols = 1: a dense block of k_out outputs). Returns (name, rows, cols, k_out, k_in);
+    sum of k_out * k_in <= proj_dim.
+
+    An equal split beat shares proportional to the parameter count (or its square root) on
+    the benchmark MLP and CNN: small layers (the output layer) carry a large part of the
+    kernel, and a block's error falls only like 1/sqrt(k_out) + 1/sqrt(k_in)."""
+    if proj_dim < len(blocks):
+        raise ValueError(f"proj_dim={proj_dim} is smaller than the {len(blocks)} parameter blocks of a "
+                         "kronecker projection (each needs at least one output)")
+    cap = [r * c for _, r, c in blocks]
+    share = [0] * len(blocks)
+    active = [i for i in range(len(blocks))]
+    left = proj_dim
+    while active and left > 0:
+        each = left // len(active)
+        if each == 0:  # fewer outputs left than blocks: one more for the first ones
+            for i in active[:left]:
+                share[i] += 1
+            break
+        for i in list(active):
+            give = min(each, cap[i] - share[i])
+            share[i] += give
+            left -= give
+            if share[i] == cap[i]:
+                active.remove(i)
+    plan = []
+    for (name, rows, cols), k in zip(blocks, share):
+        if cols == 1:
+            plan.append((name, rows, 1, min(k, rows), 1))
+        else:
+            plan.append((name, rows, cols, *_kron_dims(k, rows, cols)))
+    return plan
+
+
+class KroneckerProjector:
+    """Structured projection (LoGra, Choe et al. 2024): a different estimator from the
+    paper's i.i.d. Gaussian R, much cheaper to apply.
+
+    A layer's weight gradient is a matrix G = sum_l d_l a_l^T (dout x din; Linear: l = one
+    position, Conv: l = output positions and a_l the unfolded patches; the bias is the ones
+    column of a, so [W | b] is one dout x (din + 1) matrix). It is projected as
+    R_out G R_in^T / sqrt(k_out k_in) = sum_l (R_out d_l)(R_in a_l)^T / sqrt(k_out k_in), with
+    R_out (k_out x dout) and R_in (k_in x din) i.i.d. N(0, 1): i.e. R = R_out (x) R_in applied
+    to vec(G), never formed. Inputs and output gradients are projected separately, so the
+    cost is O(N L (din k_in + C dout k_out + C k_out k_in)) instead of O(C N K P).
+    Blocks are concatenated over layers; every other parameter (norm scales, unfactorised
+    biases; a materialised matrix parameter is still factorised) gets a dense Gaussian block.
+
+    Dimensions. ``proj_dim`` = K is split equally among the blocks (capped at the size that
+    makes a block exact, the rest shared among the others) and a block's share K_b is
+    factored as k_out * k_in <= K_b with k_out / k_in ~ dout / din (:func:`kronecker_plan`);
+    the feature dimension is sum_b k_out k_in <= K (slightly below K). A side whose k reaches its dimension (e.g.
+    dout = 10 classes) is not projected (identity): exact on that side.
+
+    Estimator. With R_out, R_in independent and E[R^T R] = k I for each factor,
+    E[(R_out (x) R_in)^T (R_out (x) R_in)] / (k_out k_in) = I, so <Rg, Rg'> is unbiased for
+    <g, g'> block by block and in total (checked numerically in tests/test_projection.py).
+    Its variance is larger than a dense Gaussian R's of the same K, because the entries of
+    R_out (x) R_in are products, not independent. For one block and rank-one gradients
+    G = d a^T, G' = d' a'^T: <Rg, Rg'> = X Y with X = <R_out d, R_out d'> / k_out (mean
+    x = <d, d'>, variance v_out = (|d|^2 |d'|^2 + x^2) / k_out) and Y likewise for a (mean y,
+    variance v_in), independent, so Var = x^2 v_in + y^2 v_out + v_out v_in, which falls like
+    1/k_in + 1/k_out ~ 1/sqrt(K) for balanced factors, against
+    (|g|^2 |g'|^2 + <g, g'>^2) / K for the dense Gaussian R. Measured errors against exact
+    trntk: benchmarks/README.md (benchmarks/projection.py). R depends on the split, so unlike
+    the dense R, R for K is not a prefix of R for a larger K. Entries come from the same
+    device-independent generator (streams ``name#kron-out``, ``name#kron-in``,
+    ``name#kron-dense``).
+    """
+
+    def __init__(self, proj_dim: int, seed: int, device: torch.device, dtype: torch.dtype):
+        if not isinstance(proj_dim, int) or proj_dim <= 0:
+            raise ValueError(f"proj_dim must be a positive integer, got {proj_dim!r}")
+        self.proj_dim = proj_dim
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.proj_type = "kronecker"
+        self.plan: list[tuple[str, int, int, int, int]] | None = None
+        self._factors: dict[tuple[str, str, int, int], torch.Tensor] = {}
+
+    def factor(self, name: str, side: str, k: int, width: int) -> torch.Tensor:
+        """Unscaled factor (k, width) of block ``name``: side "out", "in" or "dense". A factor
+        that would not reduce the dimension (k = width) is the identity times sqrt(k), which
+        keeps the scaling and makes that side exact (no variance)."""
+        key = (name, side, k, width)
+        if key not in self._factors:
+            if k >= width:
+                r = torch.eye(width, dtype=self.dtype, device=self.device) * math.sqrt(width)
+            else:
+                r = gaussian_block(self.seed, f"{name}#kron-{side}", 0, k, 0, width, self.device).to(self.dtype)
+            self._factors[key] = r
+        return self._factors[key]
+
+    @staticmethod
+    def _pieces(reps: list[GradRep]) -> list[tuple[str, int, int, GradRep, int | None]]:
+        """(block name, rows, cols, rep, offset of a dense piece in rep.canonical() or None
+        for a factorised OuterGrad) for every block of ``reps``."""
+        out = []
+        for rep in reps:
+            if isinstance(rep, OuterGrad) and rep.idx is None and not rep.transposed:
+                out.append((rep.weight[0], rep.dout, rep.din, rep, None))
+                continue
+            offset = 0
+            for name, shape in rep.layout:
+                numel = math.prod(shape)
+                rows, cols = _rows(shape) if len(shape) >= 2 else (numel, 1)
+                out.append((name, rows, cols, rep, offset))
+                offset += numel
+        return out
+
+    def project(self, rep: GradRep) -> torch.Tensor:
+        return self.project_many([rep])
+
+    def project_many(self, reps: list[GradRep]) -> torch.Tensor:
+        """Kronecker-projected gradients of ``reps`` (disjoint parameter groups of the same
+        samples): (B, C, sum_b k_out k_in). A parameter used twice (shared weights: one
+        representation per use) is one block whose projections are summed, R (g1 + g2)."""
+        pieces = self._pieces(reps)
+        blocks: dict[str, tuple[int, int]] = {}
+        for name, rows, cols, _, _ in pieces:
+            if blocks.setdefault(name, (rows, cols)) != (rows, cols):
+                raise ValueError(f"kronecker projection: parameter {name!r} appears as a {blocks[name]} and a "
+                                 f"{(rows, cols)} gradient matrix")
+        plan = kronecker_plan([(n, r, c) for n, (r, c) in blocks.items()], self.proj_dim)
+        if self.plan is None:
+            self.plan = plan
+        elif plan != self.plan:
+            raise ValueError("kronecker projection: the parameter blocks changed between batches "
+                             f"({[p[:3] for p in self.plan]} then {[p[:3] for p in plan]})")
+        dims = {name: (k_out, k_in) for name, _, _, k_out, k_in in plan}
+        dense_cache: dict[int, torch.Tensor] = {}
+        feats: dict[str, torch.Tensor] = {}
+        for name, rows, cols, rep, offset in pieces:
+            B, C = rep.batch, rep.num_classes
+            k_out, k_in = dims[name]
+            if offset is None:  # factorised: project inputs and output gradients separately
+                a = rep.a @ self.factor(name, "in", k_in, cols).T  # (B, L, k_in)
+                d = rep.d @ self.factor(name, "out", k_out, rows).T  # (B, C, L, k_out)
+                if rep.positions > 1:
+                    f = torch.einsum("bclo,bli->bcoi", d, a)
+                else:
+                    f = d[:, :, 0, :, None] * a[:, None, 0, None, :]
+            else:
+                if id(rep) not in dense_cache:
+                    dense_cache[id(rep)] = rep.canonical() if isinstance(rep, DenseGrad) else rep.dense()
+                g = dense_cache[id(rep)][:, :, offset : offset + rows * cols]
+                if cols == 1:  # dense Gaussian block
+                    f = g @ self.factor(name, "dense", k_out, rows).T
+                else:
+                    r_in, r_out = self.factor(name, "in", k_in, cols), self.factor(name, "out", k_out, rows)
+                    f = r_out @ (g.reshape(B * C, rows, cols) @ r_in.T)  # (B*C, k_out, k_in)
+            f = f.reshape(B, C, k_out * k_in)
+            feats[name] = f if name not in feats else feats[name] + f
+        scale = {name: 1.0 / math.sqrt(k_out * k_in) for name, _, _, k_out, k_in in plan}
+        return torch.cat([feats[name] * scale[name] for name in blocks], dim=2)
+
+
+def make_projector(proj_dim: int, proj_type: str, seed: int, device: torch.device, dtype: torch.dtype,
+                   cache_bytes: int | None = None):
+    """The projector of ``proj_type``: :class:`BlockProjector` (gaussian, rademacher) or
+    :class:`KroneckerProjector` (kronecker)."""
+    if proj_type == "kronecker":
+        return KroneckerProjector(proj_dim, seed, device, dtype)
+    return BlockProjector(proj_dim, proj_type, seed, device, dtype, cache_bytes)

@@ -39,12 +39,13 @@ from .forward import checked_forward, eval_mode, kernel_device
 from .generic import functional_state
 from .inputs import as_input_tensor, cast_input
 from .reps import DenseGrad
+from .threads import thread_budget
 
 __all__ = ["compute_to_hdf5", "identity_options", "provenance"]
 
 _LOG = get_logger(__name__)
 # Options that do not change the values (only speed/placement) may differ on resume.
-_NON_IDENTITY_OPTIONS = ("batch_size", "impl")
+_NON_IDENTITY_OPTIONS = ("batch_size", "impl", "proj_cache_mb")
 
 
 def identity_options(opts: KernelOptions) -> str:
@@ -94,7 +95,7 @@ def compute_to_hdf5(
         attrs: extra provenance attributes (non-scalars are stored as JSON).
         progress: log blocks done / total and the rate through ``logging``.
         **options: proj_dim, proj_type, seed, layers, importance, batch_size, device, dtype,
-            impl (see ``compute``). ``layerwise`` is not supported here.
+            impl, proj_cache_mb, threads (see ``compute``). ``layerwise`` is not supported here.
 
     Writes datasets ``kernel``, ``diag_x``, ``diag_y`` (unnormalised self-kernels) and the
     provenance attributes (kind, options JSON, model and data fingerprints, ntkbench and
@@ -111,7 +112,8 @@ def compute_to_hdf5(
     dtype = options.pop("dtype", torch.float32)
     importance = options.pop("importance", None)
     layers = options.pop("layers", None)
-    unknown = set(options) - {"proj_dim", "proj_type", "seed", "batch_size", "impl"}
+    threads = options.pop("threads", None)  # speed only: not part of the options/identity
+    unknown = set(options) - {"proj_dim", "proj_type", "seed", "batch_size", "impl", "proj_cache_mb"}
     if unknown:
         raise TypeError(f"compute_to_hdf5 got unknown option(s) {sorted(unknown)}")
     opts = KernelOptions.build(kind, dtype=dtype, importance=importance, layers=layers, **options)
@@ -126,7 +128,7 @@ def compute_to_hdf5(
     nbr, nbc = math.ceil(N / block_size), math.ceil(M / block_size)
     np_dtype = np.dtype(opts.dtype)  # float32 or float64: KernelOptions refuses half precision
 
-    with eval_mode(model):
+    with eval_mode(model), thread_budget(threads):
         source = make_source(model, opts, dev, cast_input(X[:1], dev, opts.torch_dtype))
         identity, extra, tail = provenance(model, opts, X, None if same else Y, block_size, attrs, dev)
         with h5py.File(path, "a") as f:
