@@ -111,6 +111,77 @@ def test_cifar10_batches_channel_order(tmp_path):
 def test_missing_cifar_file_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data_batch_1 not found.*cifar-10-python\.tar\.gz"):
         load_cifar10(tmp_path)
+    _write_cifar(tmp_path / "cifar-10-batches-py")
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py/test_batch not found.*cifar-10-python"):
+        load_cifar10(tmp_path)
+
+
+def test_cifar10_files_in_data_dir_and_legacy_pickles(tmp_path):
+    """The six files directly in data_dir; batches pickled as the released files were (protocol
+    2, numpy.core module names, Python 2 str keys decoded as bytes) read the same."""
+    _write_cifar(tmp_path / "flat")
+    for name in ["data_batch_3", "test_batch"]:
+        path = tmp_path / "flat" / name
+        with open(path, "rb") as fh:
+            batch = pickle.load(fh)
+        raw = pickle.dumps(batch, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        assert b"numpy.core.multiarray\n_reconstruct" in raw
+        path.write_bytes(raw)
+    bundle = load_cifar10(tmp_path / "flat")
+    x = bundle.train.x.numpy()
+    assert len(bundle.train) == 10 and bundle.train.x.dtype == torch.float32
+    np.testing.assert_allclose(x[:, 0, 5, 7] * 255, 10 * np.arange(10), atol=1e-4)  # red = 10·k
+    assert bundle.test.y.tolist() == [0, 1]
+
+
+def test_cifar10_refuses_code_in_a_pickle(tmp_path):
+    """A batch whose pickle would call anything but numpy's array reconstruction is refused
+    before that call happens."""
+    _write_cifar(tmp_path / "cifar-10-batches-py")
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_2", "wb") as fh:
+        pickle.dump({b"data": Exploit(), b"labels": [0]}, fh)
+    with pytest.raises(pickle.UnpicklingError, match=r"data_batch_2: refusing to load (posix|nt)\.system"):
+        load_cifar10(tmp_path)
+    assert not marker.exists()
+    # An object array could smuggle arbitrary objects through the array's state: refused too.
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_2", "wb") as fh:
+        pickle.dump({b"data": np.array([None, 1], dtype=object), b"labels": [0, 1]}, fh, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match=r"data_batch_2: refusing an object dtype"):
+        load_cifar10(tmp_path)
+    # A truncated file is reported as corrupt, naming it.
+    raw = (tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"data_batch_2: not a readable CIFAR-10 python batch"):
+        load_cifar10(tmp_path)
+
+
+def test_cifar10_selection_and_meanstd_normalisation(tmp_path):
+    _write_cifar(tmp_path / "cifar-10-batches-py", per_batch=4)   # 20 train images, labels k % 10
+    spec = {"name": "cifar10", "classes": [3, 1], "per_class_train": 2, "normalize": "meanstd",
+            "poison": {"fraction": 0.25, "target": 0, "size": 2, "colour": [1, 1, 0], "seed": 0}}
+    bundle = load_dataset(spec, data_dir=tmp_path)
+    # Classes relabelled in the order given (3 -> 0, 1 -> 1), the first two of each in file order:
+    # images 3 and 13 (class 3), 1 and 11 (class 1); then one of the four poisoned to label 0.
+    assert bundle.meta["normalize"] == {"mode": "meanstd", "mean": [0.4914, 0.4822, 0.4465],
+                                        "std": [0.2471, 0.2435, 0.2616]}
+    red = bundle.train.x[:, 0, 10, 10].numpy()
+    np.testing.assert_allclose(red * 0.2471 + 0.4914, np.array([30, 130, 10, 110]) / 255, atol=1e-6)
+    green = bundle.test.x[:, 1, 0, 0].numpy()
+    np.testing.assert_allclose(green, (20 / 255 - 0.4822) / 0.2435, atol=1e-6)
+    # The trigger was stamped before normalisation: yellow = (1, 1, 0) on the pixel scale.
+    i = int(bundle.extra["poisoned_train_idx"][0])
+    corner = bundle.train.x[i, :, -1, -1].numpy()
+    np.testing.assert_allclose(corner, (np.array([1.0, 1.0, 0.0]) - [0.4914, 0.4822, 0.4465])
+                               / [0.2471, 0.2435, 0.2616], atol=1e-6)
+    assert load_dataset({"name": "cifar10"}, data_dir=tmp_path).train.x.max() <= 1.0
 
 
 def test_shan_cnn_matches_paper_parameter_count():

@@ -120,7 +120,7 @@ def build_model(bundle: DataBundle, model_spec: dict[str, Any], seed: int) -> tu
 
     The initial weights depend on ``seed`` (``seed_everything(seed)`` right before building).
     """
-    spec = {**model_spec, "input_shape": list(bundle.input_shape), "num_outputs": bundle.num_outputs}
+    spec = {**model_spec, **bundle.model_args}  # as train_stage: input_shape, num_outputs, vocab_size...
     seed_everything(seed)
     return models.build(spec), spec
 

@@ -63,6 +63,13 @@ class DataBundle:
         """Network outputs: one logit for binary tasks (sigmoid), else one per class."""
         return 1 if self.num_classes == 2 else self.num_classes
 
+    @property
+    def model_args(self) -> dict[str, Any]:
+        """The model-constructor arguments the data dictate: ``input_shape``, ``num_outputs``, and
+        whatever the loader put in ``meta["model_args"]`` (e.g. ``vocab_size`` for text)."""
+        return {"input_shape": list(self.input_shape), "num_outputs": self.num_outputs,
+                **self.meta.get("model_args", {})}
+
 
 def save_bundle(bundle: DataBundle, path: str | Path) -> None:
     """Write a bundle to ``path`` (.npz) atomically."""
@@ -109,6 +116,8 @@ def load_dataset(spec: dict[str, Any], data_dir: str | Path = "data") -> DataBun
 
     ``spec["name"]`` picks the loader; the other keys are its arguments. Loaders for real data
     sets read their standard files from ``data_dir`` and name the missing file when absent.
+    ``poison``, then ``label_noise``, then ``normalize`` (images, see
+    :func:`ntkbench.data.images.normalize_bundle`) are applied to the loaded bundle in that order.
     """
     spec = dict(spec)
     name = spec.pop("name", None)
@@ -117,6 +126,7 @@ def load_dataset(spec: dict[str, Any], data_dir: str | Path = "data") -> DataBun
         raise ValueError(f"data.name: unknown data set {name!r}; choose one of {sorted(loaders)}")
     poison = spec.pop("poison", None)
     label_noise = spec.pop("label_noise", None)
+    normalize = spec.pop("normalize", None)
     bundle = loaders[name](data_dir=Path(data_dir), **spec)
     if poison:
         from ntkbench.data.poison import poison_bundle
@@ -126,6 +136,10 @@ def load_dataset(spec: dict[str, Any], data_dir: str | Path = "data") -> DataBun
         from ntkbench.data.label_noise import label_noise_bundle
 
         bundle = label_noise_bundle(bundle, **label_noise)
+    if normalize is not None:  # last: poison colours are given on the [0, 1] pixel scale
+        from ntkbench.data.images import normalize_bundle
+
+        bundle = normalize_bundle(bundle, normalize)
     return bundle
 
 
@@ -140,4 +154,7 @@ def _loaders() -> dict[str, Any]:
         loaders.update(images.LOADERS)
     except ImportError:  # pragma: no cover - images module is optional during development
         pass
+    from ntkbench.data import text
+
+    loaders.update(text.LOADERS)
     return loaders

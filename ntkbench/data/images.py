@@ -13,21 +13,34 @@ Accepted layouts under ``data_dir`` (first match wins):
 - Fashion-MNIST: the same file names under ``fashion-mnist/``, ``fmnist/`` or
   ``FashionMNIST/raw/``.
 - CIFAR-10: ``cifar-10-batches-py/`` with ``data_batch_1`` .. ``data_batch_5`` and
-  ``test_batch`` (the python-pickle release).
+  ``test_batch`` (the python-pickle release), or those six files directly in ``data_dir``.
+  They are read through a restricted unpickler that can build nothing but numpy arrays (a
+  pickle is code: a tampered batch file could otherwise run anything on load).
+
+``normalize`` (CIFAR-10 only, applied by :func:`ntkbench.data.load_dataset` after any poisoning,
+so a trigger colour is given on the [0, 1] pixel scale): ``unit`` keeps pixels / 255; ``meanstd``
+then subtracts the per-channel mean and divides by the per-channel std that the reference code
+of paper 001 used for ResNet18 on CIFAR-10 (pnnl/projection_ntk ``process_Cifar10``: the
+pretrained weights of Phan (2021) expect them). The constants are stored in the bundle's
+``meta["normalize"]`` so a figure can undo them.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import pickle
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from ntkbench.data import DataBundle, Split
 
-__all__ = ["read_idx", "load_mnist", "load_fmnist", "load_cifar10", "LOADERS"]
+__all__ = ["read_idx", "load_mnist", "load_fmnist", "load_cifar10", "normalize_bundle",
+           "CIFAR10_MEAN", "CIFAR10_STD", "LOADERS"]
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _IDX_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
@@ -39,6 +52,12 @@ _SOURCES = {
                "https://github.com/zalandoresearch/fashion-mnist (data/fashion/*.gz)"),
 }
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (unpack it into data_dir)"
+_CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+# Per-channel (R, G, B) mean and std of the CIFAR-10 training images on the [0, 1] scale, as the
+# reference code of paper 001 normalised them for ResNet18 (pnnl/projection_ntk,
+# scripts/resnet18/utils2.py ``process_Cifar10``; the constants of Phan's PyTorch_CIFAR10).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -211,34 +230,145 @@ def load_fmnist(data_dir: Path, classes: Sequence[int] | None = None, max_train:
                              per_class_train, per_class_test)
 
 
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """The only callables a CIFAR-10 batch pickle may name, keyed by (module, name).
+
+    Taken from numpy's own reduce protocol, so they are right for the installed numpy; the
+    module names cover the files as released (Python 2 cPickle, ``numpy.core``), pickles
+    written by numpy >= 2 (``numpy._core``) and protocol 5 (``_frombuffer``).
+    """
+    probe = np.zeros(1, dtype=np.uint8)
+    reconstruct = probe.__reduce__()[0]        # numpy's multiarray._reconstruct
+    frombuffer = probe.__reduce_ex__(5)[0]     # numpy's numeric._frombuffer (protocol 5)
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _plain_dtype,
+                                           ("_codecs", "encode"): codecs.encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+def _plain_dtype(*args: Any) -> np.dtype:
+    # An object dtype would let the array's state carry arbitrary Python objects.
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError(f"refusing an object dtype ({dtype}) in a CIFAR-10 batch")
+    return dtype
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that refuses every global except numpy array reconstruction."""
+
+    def __init__(self, fh: Any, path: Path) -> None:
+        super().__init__(fh, encoding="bytes")
+        self._path = path
+        self._allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"{self._path}: refusing to load {module}.{name}: a CIFAR-10 batch holds only "
+                "numpy arrays, lists and strings (is this file what it claims to be?)") from None
+
+
+def _cifar_dir(data_dir: Path) -> Path:
+    """``data_dir/cifar-10-batches-py`` (the unpacked tarball), else ``data_dir`` itself when it
+    holds the batch files; names the first missing file and where to get it otherwise."""
+    candidates = (data_dir / "cifar-10-batches-py", data_dir)
+    for root in candidates:
+        if (root / "data_batch_1").is_file():
+            for name in _CIFAR_FILES:
+                if not (root / name).is_file():
+                    raise FileNotFoundError(
+                        f"CIFAR-10 file {root / name} not found (the other batches are there). "
+                        f"Download {_CIFAR_URL} so that {candidates[0]} holds "
+                        f"{', '.join(_CIFAR_FILES)} (config key data_dir, e.g. --config data_dir=/path/to/data).")
+            return root
+    raise FileNotFoundError(
+        f"CIFAR-10 file data_batch_1 not found in {candidates[0]} nor in {data_dir}. Download "
+        f"{_CIFAR_URL} so that {candidates[0]} holds {', '.join(_CIFAR_FILES)} "
+        "(config key data_dir, e.g. --config data_dir=/path/to/data).")
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not path.exists():
+    """One python-pickle batch: images (n, 3, 32, 32) uint8 and labels (n,) int64."""
+    if not path.is_file():
         raise FileNotFoundError(f"CIFAR-10 file {path} not found. Download {_CIFAR_URL} "
                                 f"so that {path.parent} exists (config key data_dir).")
-    with open(path, "rb") as fh:
-        batch: dict[Any, Any] = pickle.load(fh, encoding="bytes")
+    try:
+        with open(path, "rb") as fh:
+            batch = _NumpyOnlyUnpickler(fh, path).load()
+    except pickle.UnpicklingError as err:
+        if "refusing" in str(err):  # a forbidden global or dtype: say so, do not call it corrupt
+            raise pickle.UnpicklingError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
+        raise ValueError(f"{path}: not a readable CIFAR-10 python batch ({err}); the file is "
+                         "corrupt or incomplete, download it again") from err
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise ValueError(f"{path}: not a readable CIFAR-10 python batch ({type(err).__name__}: {err}); "
+                         "the file is corrupt or incomplete, download it again") from err
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (a {type(batch).__name__}, expected a dict)")
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if data is None or labels is None:
         raise ValueError(f"{path}: not a CIFAR-10 python batch (no 'data'/'labels' entries)")
-    data = np.asarray(data, dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise ValueError(f"{path}: data {data.shape} / {len(labels)} labels, expected (N, 3072) / N")
-    # Rows are stored channel-major (1024 red, 1024 green, 1024 blue), i.e. already (3, 32, 32).
-    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    data = np.asarray(data)
+    labels = np.asarray(labels)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (len(data),):
+        raise ValueError(f"{path}: data {data.dtype} {data.shape} / labels {labels.shape}, "
+                         "expected uint8 (N, 3072) / (N,)")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{path}: labels outside 0..9 (min {labels.min()}, max {labels.max()})")
+    # Rows are stored channel-major (1024 red, 1024 green, 1024 blue, each row-major 32 x 32),
+    # i.e. already (3, 32, 32).
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def load_cifar10(data_dir: Path, classes: Sequence[int] | None = None, max_train: int | None = None,
                  max_test: int | None = None, split_seed: int = 0, per_class_train: int | None = None,
                  per_class_test: int | None = None, **unknown: Any) -> DataBundle:
-    """CIFAR-10 (N, 3, 32, 32) RGB in [0, 1] from ``data_dir/cifar-10-batches-py``."""
+    """CIFAR-10 (N, 3, 32, 32) float32 RGB in [0, 1], 50000 train / 10000 test images.
+
+    Reads ``data_dir/cifar-10-batches-py/{data_batch_1..5, test_batch}`` (or those files in
+    ``data_dir``). ``classes``, ``max_*`` and ``per_class_*`` select as for :func:`load_mnist`.
+    Normalisation beyond / 255 (config ``normalize``) is applied by ``load_dataset``.
+    """
     _reject_unknown("cifar10", unknown)
-    root = Path(data_dir) / "cifar-10-batches-py"
-    batches = [_read_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
+    root = _cifar_dir(Path(data_dir))
+    batches = [_read_cifar_batch(root / name) for name in _CIFAR_FILES[:5]]
     train = (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
     test = _read_cifar_batch(root / "test_batch")
     return _bundle("cifar10", train, test, classes, max_train, max_test, split_seed, num_classes=10,
                    per_class_train=per_class_train, per_class_test=per_class_test)
+
+
+NORMALIZATIONS = ("unit", "meanstd")
+
+
+def normalize_bundle(bundle: DataBundle, mode: str) -> DataBundle:
+    """Per-channel normalisation of an image bundle whose pixels are on the [0, 1] scale.
+
+    ``unit`` returns the bundle as it is; ``meanstd`` maps x -> (x - mean_c) / std_c with the
+    CIFAR-10 constants :data:`CIFAR10_MEAN` / :data:`CIFAR10_STD` on every split (train, test
+    and extra splits), and records them in ``meta["normalize"]`` so x can be mapped back.
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"data.normalize: {mode!r} is not one of {list(NORMALIZATIONS)}")
+    if mode == "unit":
+        return replace(bundle, meta={**bundle.meta, "normalize": {"mode": "unit"}})
+    channels = bundle.input_shape[0] if bundle.input_shape else 0
+    if len(bundle.input_shape) != 3 or channels != len(CIFAR10_MEAN):
+        raise ValueError(f"data.normalize: meanstd needs (N, 3, H, W) images, got input shape "
+                         f"{bundle.input_shape}")
+    mean = torch.tensor(CIFAR10_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    norm = lambda s: Split((s.x - mean) / std, s.y)  # noqa: E731
+    return replace(bundle, train=norm(bundle.train), test=norm(bundle.test),
+                   extra_splits={k: norm(s) for k, s in bundle.extra_splits.items()},
+                   meta={**bundle.meta, "normalize": {"mode": "meanstd", "mean": list(CIFAR10_MEAN),
+                                                      "std": list(CIFAR10_STD)}})
 
 
 LOADERS: dict[str, Callable[..., DataBundle]] = {

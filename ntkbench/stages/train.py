@@ -35,7 +35,8 @@ def train_stage(data_path: str | Path, model_spec: dict[str, Any], train_cfg: di
     allow_divergence = bool(train_cfg.pop("allow_divergence"))
     bundle = load_bundle(data_path)
     dev = resolve_device(device)
-    spec = {**model_spec, "input_shape": list(bundle.input_shape), "num_outputs": bundle.num_outputs}
+    # input_shape, num_outputs and what the data dictate beyond them (vocab_size for text)
+    spec = {**model_spec, **bundle.model_args}
     seed_everything(seed)  # the initial weights depend on the seed too
     model = models.build(spec)
     log.info("training %s (%d parameters) on %s, seed %d", spec["name"],

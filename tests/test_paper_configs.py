@@ -1,0 +1,129 @@
+"""The paper-scale configs (Tables 2 and 3 of paper 001) validate and plan their DAG in seconds
+without the data: ``prepare_data`` is a checkpoint, so a dry run with an empty ``data_dir`` plans
+every job up to the kernel tiles, which are added once the data bundles exist."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ntkbench.config import experiment_seeds, load_config, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+HAS_SLURM_PLUGIN = importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None
+ALL_KERNELS = ["trntk", "trntk0", "proj-trntk", "proj-pntk", "em", "ck"]
+
+
+def dry_run(config: Path, workdir: Path) -> str:
+    """``snakemake -n`` of the repository's workflow in ``workdir`` with ``config`` and an empty
+    data directory, through the SLURM profile when its plugin is installed (so the job sizes
+    are resolved as on a cluster); returns stdout + stderr."""
+    empty = workdir / "no-data"
+    empty.mkdir()
+    profile = ["--workflow-profile", str(REPO / "profiles" / "slurm")] if HAS_SLURM_PLUGIN else ["--cores", "2"]
+    proc = subprocess.run([str(SNAKEMAKE), "-n", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *profile,
+                           "--configfile", str(config), "--config", f"data_dir={empty}"],
+                          cwd=workdir, capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+def job_counts(text: str) -> dict[str, int]:
+    block = text[text.index("Job stats:"):]
+    counts = {}
+    for line in block.splitlines()[3:]:
+        match = re.match(r"^([A-Za-z_]\w*)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def rule_resources(text: str, rule: str) -> str:
+    """The ``resources:`` line of the first planned job of ``rule``."""
+    match = re.search(rf"rule {rule}:\n(?:    .*\n)*?    resources: (.*)", text)
+    assert match, f"no planned {rule} job in the dry run"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name", ["paper_table2.yaml", "paper_table3.yaml"])
+def test_paper_config_validates(name):
+    cfg = validate_config(load_config(REPO / "configs" / name))
+    for exp in cfg["experiments"].values():
+        assert exp["kernels"] == ALL_KERNELS                      # all six kernels of Tables 2 and 3
+    assert cfg["kernel_options"]["proj_dim"] == 10240 and cfg["kglm"]["solver"] == "sgd"
+    assert cfg["kglm"]["class_weight"] == "balanced"
+    # The tile grid must line up with the kernel blocks.
+    assert cfg["kernel_options"]["tile_size"] % cfg["kernel_options"]["block_size"] == 0
+    # data_dir comes from the command line on a cluster: --config data_dir=... overrides it.
+    assert validate_config({**load_config(REPO / "configs" / name), "data_dir": "/scratch/d"})["data_dir"] == "/scratch/d"
+
+
+def test_table2_settings():
+    cfg = validate_config(load_config(REPO / "configs" / "paper_table2.yaml"))
+    resnet, text = cfg["experiments"]["cifar10-resnet18"], cfg["experiments"]["cola-text"]
+    assert resnet["data"] == {"name": "cifar10", "normalize": "meanstd"}
+    assert resnet["model"]["name"] == "resnet18" and resnet["kglm"]["alpha"] == 1e-4
+    assert text["data"]["name"] == "cola" and text["data"]["max_len"] == 64
+    assert text["model"]["name"] == "text-encoder" and text["kglm"]["alpha"] == 1e-2
+    assert experiment_seeds(cfg, "cola-text") == [0, 1, 2, 3]
+
+
+def test_table2_dry_run_without_data(tmp_path):
+    text = dry_run(REPO / "configs" / "paper_table2.yaml", tmp_path)
+    counts = job_counts(text)
+    # 1 ResNet18 seed + 4 CoLA seeds; 6 kernels each, gathered from tiles planned after the data.
+    assert counts["prepare_data"] == 2 and counts["train"] == 5
+    assert counts["kernel_gather"] == 30 and counts["kglm"] == 30 and counts["summary"] == 1
+    assert "forensics" not in counts and "kernel" not in counts   # tiled: no whole-kernel jobs
+    assert "checkpoint jobs" in text
+    if HAS_SLURM_PLUGIN:
+        resources = rule_resources(text, "train")
+        assert "runtime=480" in resources and "gpu=1" in resources and "slurm_partition=gpu" in resources
+
+
+def test_table3_dry_run_without_data(tmp_path):
+    text = dry_run(REPO / "configs" / "paper_table3.yaml", tmp_path)
+    counts = job_counts(text)
+    assert counts["prepare_data"] == 1 and counts["train"] == 1 and counts["forensics"] == 1
+    assert counts["kernel_gather"] == 6 and counts["kglm"] == 6
+
+
+def _experiment(data: dict) -> dict:
+    model = {"cola": "text-encoder", "cifar10": "resnet18"}.get(data["name"], "mlp")
+    return {"experiments": {"e": {"data": data, "model": {"name": model}, "train": {}, "kernels": ["trntk"]}}}
+
+
+def test_data_defaults_come_from_the_schema_and_match_the_readers():
+    import inspect
+
+    from ntkbench.data.text import load_cola
+
+    cola = validate_config(_experiment({"name": "cola"}))["experiments"]["e"]["data"]
+    assert cola == {"name": "cola", "max_len": 64, "tokenizer": "word", "vocab": None, "min_freq": 1,
+                    "max_vocab": None, "lowercase": True}
+    # The reader's keyword defaults (for library use) agree with the schema's.
+    params = inspect.signature(load_cola).parameters
+    assert {k: params[k].default for k in cola if k != "name"} == {k: v for k, v in cola.items() if k != "name"}
+    assert validate_config(_experiment({"name": "cifar10"}))["experiments"]["e"]["data"] == {
+        "name": "cifar10", "normalize": "unit"}
+    assert validate_config(_experiment({"name": "digits"}))["experiments"]["e"]["data"] == {"name": "digits"}
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"name": "digits", "normalize": "meanstd"}, "normalize"),
+    ({"name": "cifar10", "max_len": 32}, "max_len"),
+    ({"name": "cola", "classes": [0, 1]}, "classes"),
+    ({"name": "cola", "poison": {"target": 0}}, "poison"),
+])
+def test_keys_of_another_data_set_are_refused_by_name(data, key):
+    from ntkbench.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"experiments\.e\.data\.{key}: does not apply to this data set"):
+        validate_config(_experiment(data))
