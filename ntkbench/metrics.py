@@ -51,6 +51,7 @@ __all__ = [
     "test_accuracy_differential",
     "misclassification_coincidence",
     "linear_realisation",
+    "realisation_phi",
     "precision_recall",
     "mean_sem",
     "faithfulness",
@@ -350,6 +351,15 @@ REALISATION_FUNCTIONS: dict[str, Callable[..., NDArray]] = {
 }
 
 
+def realisation_phi(name: str, x: ArrayLike, params: ArrayLike) -> NDArray[np.float64]:
+    """Φ ``name`` ∈ {linear, logistic, arctan} with fitted ``params`` (as
+    :func:`linear_realisation` returns them in ``params_<name>``) at kGLM logits ``x``, float64,
+    the shape of ``x``."""
+    if name not in REALISATION_FUNCTIONS:
+        raise ValueError(f"unknown realisation function {name!r}; choose one of {sorted(REALISATION_FUNCTIONS)}")
+    return REALISATION_FUNCTIONS[name](np.asarray(x, dtype=np.float64), *[float(p) for p in params])
+
+
 def _initial_guesses(x: NDArray, nn_logit: NDArray) -> dict[str, list[float]]:
     """Starting points for ``curve_fit`` from a straight-line fit in logit space.
 
@@ -387,6 +397,7 @@ def linear_realisation(
     outputs: Literal["paper", "true_class"] = "paper",
     eps: float = PROBABILITY_MASK_EPS,
     maxfev: int = 20000,
+    return_pairs: bool = False,
 ) -> dict[str, Any]:
     """Point-for-point realisation of the network by the surrogate (appendix L).
 
@@ -421,7 +432,10 @@ def linear_realisation(
     Returns a dict with ``r2_linear``, ``r2_logistic``, ``r2_arctan`` (NaN where the fit
     does not converge or too few unmasked pairs remain), ``params_<name>`` (fitted
     ``[ν, μ]`` or ``[ν, μ, α, β]``, ``None`` on failure), ``n_masked``, ``n_fit``,
-    ``n_eval`` (numbers of pairs).
+    ``n_eval`` (numbers of pairs). With ``return_pairs``, also ``eval_pairs``: the held-out
+    pairs R² is computed on, a dict of ``(n_eval,)`` arrays ``point`` (test-point row),
+    ``output`` (the network output paired: class 1 for a binary network, else the class),
+    ``kglm_logit`` (x) and ``nn_logit`` (logit of p), for plotting Φ(x) against p.
     """
     nn, kglm, labels = _paired_logits(nn_logits, kglm_logits, y)
     n_points, n_columns = nn.shape
@@ -429,13 +443,16 @@ def linear_realisation(
         if n_columns == 1:
             x_pairs, nn_logit_pairs = kglm[:, 0], nn[:, 0]
             point_of_pair = np.arange(n_points)
+            output_of_pair = np.ones(n_points, dtype=np.int64)
         else:
             point_of_pair = np.repeat(np.arange(n_points), n_columns)
             class_of_pair = np.tile(np.arange(n_columns), n_points)
+            output_of_pair = class_of_pair
             x_pairs = kglm.ravel()
             nn_logit_pairs = true_class_logit(nn[point_of_pair], class_of_pair)
     elif outputs == "true_class":
         point_of_pair = np.arange(n_points)
+        output_of_pair = labels
         nn_logit_pairs = true_class_logit(nn, labels)
         if n_columns == 1:
             x_pairs = np.where(labels == 1, kglm[:, 0], -kglm[:, 0])
@@ -453,6 +470,9 @@ def linear_realisation(
     fit_pairs = keep & is_fit_point[point_of_pair]
     eval_pairs = keep & ~is_fit_point[point_of_pair]
     result["n_fit"], result["n_eval"] = int(fit_pairs.sum()), int(eval_pairs.sum())
+    if return_pairs:
+        result["eval_pairs"] = {"point": point_of_pair[eval_pairs], "output": output_of_pair[eval_pairs],
+                                "kglm_logit": x_pairs[eval_pairs], "nn_logit": nn_logit_pairs[eval_pairs]}
 
     x_fit, x_eval = x_pairs[fit_pairs], x_pairs[eval_pairs]
     logit_fit, logit_eval = nn_logit_pairs[fit_pairs], nn_logit_pairs[eval_pairs]

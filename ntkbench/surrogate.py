@@ -352,6 +352,25 @@ class KernelGLM(ClassifierMixin, BaseEstimator):
         params.update(overrides)
         return cls(**params)
 
+    @classmethod
+    def from_weights(cls, coef: ArrayLike, intercept: ArrayLike) -> "KernelGLM":
+        """A kGLM with stored weights ``W = coef`` ``(C_out, N)`` and ``b = intercept``
+        ``(C_out,)`` (in units of the unscaled kernel, as :meth:`fit` leaves ``coef_``): the
+        surrogate stage saves them, so later stages predict and attribute with the very fit
+        (:meth:`decision_function`, :meth:`attribution`) without refitting. ``C_out = 1`` is a
+        binary kGLM. Only the prediction and attribution methods are meaningful on it."""
+        weights = np.array(coef, dtype=np.float64)
+        bias = np.array(intercept, dtype=np.float64)
+        if weights.ndim != 2 or bias.shape != (weights.shape[0],) or weights.shape[0] < 1:
+            raise ValueError(f"coef must be (C_out, N) and intercept (C_out,), got {weights.shape} and {bias.shape}")
+        if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(bias))):
+            raise ValueError("coef and intercept must be finite")
+        glm = cls()
+        glm.coef_, glm.intercept_ = weights, bias
+        glm.n_features_in_ = weights.shape[1]
+        glm.classes_ = np.arange(2 if weights.shape[0] == 1 else weights.shape[0])
+        return glm
+
     def describe(self) -> dict[str, Any]:
         """JSON-able description of the fit that produced the numbers: solver, alpha,
         class_weight, kernel scale and the solver's own settings and convergence.

@@ -252,9 +252,11 @@ def test_report_holds_every_table_and_figure_with_captions(finished_workdir):
     snakemake(finished_workdir, "--report", "results/report.html")
     html = (finished_workdir / "results" / "report.html").read_text()
     for name in ("summary.csv", "summary_tau.png", "forensics.csv", "forensics_top_k.png", "attack.csv",
-                 "tms_spectra.png", "tms_alignment.png", "grokking.png", "fourier_heatmaps.png"):
+                 "tms_spectra.png", "tms_alignment.png", "grokking.png", "fourier_heatmaps.png",
+                 "kglm_attribution.png", "exemplars.png", "linear_realisation.png"):
         assert name in html, name
-    for caption in ("saturated points dropped", "flagged as poisoned", "cliffs detected"):
+    for caption in ("saturated points dropped", "flagged as poisoned", "cliffs detected",
+                    "sum over the training points"):
         assert caption in html, caption
     # Nothing is fetched when it opens: no external scripts, styles or images.
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"https?://", html)
@@ -277,6 +279,21 @@ def test_attribution_table_written(finished_workdir):
     assert kglm.tau.between(-1, 1).all()  # τ beside LDS, from the kGLM reports
     assert (finished_workdir / "results" / "attribution.png").stat().st_size > 10_000
     assert "LDS" in (finished_workdir / "results" / "attribution.md").read_text()
+
+
+def test_analysis_figures_written(finished_workdir):
+    """The surrogate analysis of every experiment (default: first seed, every kGLM kernel)."""
+    config = tiny_config()
+    for experiment, spec in config["experiments"].items():
+        folder = finished_workdir / "results" / experiment / "analysis"
+        for name in ("kglm_attribution.png", "exemplars.png", "linear_realisation.png"):
+            assert (folder / name).stat().st_size > 20_000, (experiment, name)
+        table = pd.read_csv(folder / "kglm_attribution.csv")
+        assert set(table.seed) == {0} and set(table.kernel) == set(spec["kernels"])
+        assert table.test_row.nunique() == 4  # the schema's default test_points
+        sums = table.groupby(["kernel", "test_row", "logit"]).agg(total=("sum", "sum"), z=("kglm_logit", "first"))
+        assert ((sums.total - sums.z).abs() <= 1e-8 * (1 + sums.z.abs())).all()
+        assert (pd.read_csv(folder / "exemplars.csv").groupby(["kernel", "test_row"]).size() == 5).all()
 
 
 def test_a_failing_job_keeps_the_previous_good_outputs(finished_workdir):

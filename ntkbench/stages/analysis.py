@@ -1,0 +1,206 @@
+"""Stage 3d: the surrogate analysis of a few test points of one network per experiment
+(paper 001, Figures 1-2, appendices L and M): kGLM attributions, exemplars, linear realisation."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ntkbench import models, store
+from ntkbench.analysis import (attribution_by_class, check_attribution_sums, realisation_pairs, select_test_points,
+                               top_k_exemplars)
+from ntkbench.data import DataBundle, load_bundle
+from ntkbench.metrics import predicted_labels
+from ntkbench.plots.analysis import plot_attributions, plot_exemplars, plot_realisation
+from ntkbench.stages.common import InputError, read_json, read_logits, write_csv
+from ntkbench.stages.kernels import check_kernel_file
+from ntkbench.surrogate import KernelGLM
+from ntkbench.tables import KERNEL_DISPLAY_NAMES
+from ntkbench.utils import atomic_write_text, get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["analysis_stage", "class_names", "OUTPUT_KEYS"]
+
+#: Test rows per float64 block when the stored kGLM is re-evaluated on the whole test split.
+ROW_CHUNK = 1024
+
+#: Keys of the ``outputs`` mapping :func:`analysis_stage` writes (the rule's output names).
+OUTPUT_KEYS = ("attribution", "attribution_csv", "exemplars", "exemplars_csv", "exemplars_md", "realisation",
+               "realisation_csv")
+
+
+def class_names(bundle: DataBundle) -> list[str]:
+    """Display names of the classes 0..C-1: ``meta["class_names"]``, else the original labels
+    ``meta["classes"]`` (e.g. digits [3, 8] relabelled 0, 1), else the indices."""
+    for key in ("class_names", "classes"):
+        names = bundle.meta.get(key)
+        if isinstance(names, list) and len(names) == bundle.num_classes:
+            return [str(n) for n in names]
+    return [str(c) for c in range(bundle.num_classes)]
+
+
+def _load_fit(path: str | Path, n_train: int, c_out: int) -> dict[str, np.ndarray]:
+    """W, b and test logits saved by the surrogate stage, shapes checked against the bundle."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable kGLM file ({err})") from err
+    missing = [k for k in ("coef", "intercept", "test_logits") if k not in data]
+    if missing:
+        raise InputError(f"{path}: missing {missing} (has {sorted(data)})")
+    if data["coef"].shape != (c_out, n_train) or data["intercept"].shape != (c_out,):
+        raise InputError(f"{path}: coef {data['coef'].shape} and intercept {data['intercept'].shape}, expected "
+                         f"({c_out}, {n_train}) and ({c_out},) for this data bundle")
+    return data
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-9 * (1.0 + abs(b))
+
+
+def _markdown(exemplars: pd.DataFrame, kernels: Sequence[str], top_k: int) -> str:
+    lines = [f"# Top-{top_k} training points by kernel value", "",
+             "Per test point and kernel: training index, label and kernel value κ(x, x_i), highest first.", ""]
+    for (row, label), part in exemplars.groupby(["test_row", "test_label"], sort=False):
+        lines += [f"## test #{row} (label {label})", "", "| kernel | " +
+                  " | ".join(f"#{r + 1}" for r in range(top_k)) + " |", "|---" * (top_k + 1) + "|"]
+        for kernel in kernels:
+            cells = [f"{int(i)} (y={lab}, κ={v:.4g})" for i, lab, v in
+                     part[part.kernel == kernel][["train_index", "train_label", "kernel_value"]].itertuples(index=False)]
+            lines.append(f"| {KERNEL_DISPLAY_NAMES.get(kernel, kernel)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def analysis_stage(experiment: str, data_path: str | Path, model_path: str | Path, logits_path: str | Path,
+                   seed: int, kernels: Sequence[str], kernel_paths: Mapping[str, str | Path],
+                   kernel_options: Mapping[str, dict[str, Any]], kglm_npz_paths: Mapping[str, str | Path],
+                   kglm_json_paths: Mapping[str, str | Path], settings: Mapping[str, Any],
+                   outputs: Mapping[str, str | Path]) -> dict[str, Any]:
+    """The three analysis figures and their tables for the network of training seed ``seed``.
+
+    ``settings``: ``test_points`` (int: that many test rows drawn with ``selection_seed``; or
+    a list of test rows), ``selection_seed``, ``top_k``. Each kernel file is checked
+    (:func:`ntkbench.stages.kernels.check_kernel_file`: kind, options, this network, this
+    data); each kGLM fit must reproduce its stored test logits on that kernel and its report
+    must name the kernel. Attributions are checked to sum to the kGLM logits (eq. 3) and the
+    realisation R² to equal the surrogate stage's reported ``r2_<Φ>``. ``outputs`` has the keys
+    :data:`OUTPUT_KEYS`. Returns a summary (test rows, R² per kernel, largest attribution-sum error).
+    """
+    bundle = load_bundle(data_path)
+    test = bundle.test
+    nn_logits = read_logits(logits_path, bundle, {"test": test})["test_logits"].astype(np.float64)
+    model, ckpt = models.load_checkpoint(model_path)
+    if int(ckpt.get("seed", -1)) != int(seed):
+        raise InputError(f"{model_path}: a network of training seed {ckpt.get('seed')}, expected {seed}")
+    try:
+        rows = select_test_points(len(test), settings["test_points"], int(settings["selection_seed"]))
+    except ValueError as err:
+        raise InputError(f"analysis.test_points of experiment {experiment!r}: {err}") from err
+    top_k = int(settings["top_k"])
+    names = class_names(bundle)
+    c_out, n_train = bundle.num_outputs, len(bundle.train)
+    logit_names = [f"z ({names[1]} vs {names[0]})"] if c_out == 1 else names
+    y_train, y_test = bundle.train.y.numpy(), test.y.numpy()
+    nn_pred = predicted_labels(nn_logits)
+
+    attribution_rows, exemplar_rows, realisation_frames = [], [], []
+    class_means, box_values, box_logit, top_idx, top_val, pairs, r2s = {}, {}, {}, {}, {}, {}, {}
+    max_error = 0.0
+    for kind in kernels:
+        kernel_path = kernel_paths[kind]
+        check_kernel_file(kernel_path, kind, kernel_options[kind], model, bundle, ["test_train"])
+        K = store.read_kernel(kernel_path, "test_train").kernel  # as stored (float32): paper scale is GBs
+        report = read_json(kglm_json_paths[kind], required=("kernel", "test", "kglm"))
+        if report["kernel"] != kind:
+            raise InputError(f"{kglm_json_paths[kind]}: the kGLM report of kernel {report['kernel']!r}, expected {kind!r}")
+        fit = _load_fit(kglm_npz_paths[kind], n_train, c_out)
+        glm = KernelGLM.from_weights(fit["coef"], fit["intercept"])
+        kglm_logits = fit["test_logits"].astype(np.float64)
+        # float64 products in row chunks, never a float64 copy of the whole test x train kernel
+        recomputed = np.concatenate([glm.decision_function(K[i:i + ROW_CHUNK]) for i in range(0, len(K), ROW_CHUNK)])
+        K_rows = K[rows].astype(np.float64)  # (P, N): the selected test points
+        if kglm_logits.shape != recomputed.shape or not np.allclose(
+                recomputed, kglm_logits, rtol=1e-6, atol=1e-6 * (1 + np.abs(recomputed).max())):
+            raise InputError(f"{kglm_npz_paths[kind]}: its W and b do not reproduce its test logits on {kernel_path} "
+                             "(the kGLM was fitted on another kernel)")
+
+        # 1. Attributions (eq. 3) of the selected points; they must add up to the logits.
+        attr = glm.attribution(K_rows)  # (P, N, C_out)
+        error = check_attribution_sums(attr, recomputed[rows], where=f"{kernel_path}: ")
+        max_error = max(max_error, error)
+        kglm_pred = predicted_labels(recomputed[rows])
+        for p, row in enumerate(rows):
+            # The predicted class's logit; a binary kGLM has one logit (class 1 against 0).
+            column = 0 if c_out == 1 else int(kglm_pred[p])
+            summary = attribution_by_class(attr[p], y_train, bundle.num_classes)
+            summary.insert(0, "kernel", kind)
+            summary.insert(1, "test_row", int(row))
+            summary.insert(2, "test_label", names[y_test[row]])
+            summary.insert(3, "nn_prediction", names[nn_pred[row]])
+            summary.insert(4, "kglm_prediction", names[kglm_pred[p]])
+            summary.insert(6, "logit_name", [logit_names[c] for c in summary["logit"]])
+            summary.insert(7, "kglm_logit", recomputed[row, summary["logit"].to_numpy()])
+            summary.insert(8, "predicted_logit", summary["logit"] == column)
+            summary["train_class"] = [names[j] for j in summary["train_class"]]
+            attribution_rows.append(summary)
+            class_means[(p, kind)] = summary["mean"].to_numpy().reshape(c_out, bundle.num_classes)
+            box_values[(p, kind)] = [attr[p, y_train == j, column] for j in range(bundle.num_classes)]
+            box_logit[(p, kind)] = (column, float(recomputed[row, column]), names[kglm_pred[p]])
+
+        # 2. Exemplars: the training points of highest kernel value.
+        top_idx[kind], top_val[kind] = top_k_exemplars(K_rows, top_k)
+        for p, row in enumerate(rows):
+            for rank, (i, v) in enumerate(zip(top_idx[kind][p], top_val[kind][p]), start=1):
+                exemplar_rows.append({"kernel": kind, "test_row": int(row), "test_label": names[y_test[row]],
+                                      "rank": rank, "train_index": int(i), "train_label": names[y_train[i]],
+                                      "kernel_value": float(v)})
+
+        # 3. Linear realisation on the whole test split, the surrogate stage's very split and fit.
+        frame, r2 = realisation_pairs(kglm_logits, nn_logits, y_test, seed=int(report["kglm"].get("seed", 0)))
+        reported = {name: float(report["test"].get(f"r2_{name}", math.nan)) for name in r2}
+        if not all(_same(r2[name], reported[name]) for name in r2):
+            raise InputError(f"{kglm_json_paths[kind]}: reports R² {reported}, but its fit gives {r2} on the same "
+                             "logits (a stale report?)")
+        frame.insert(0, "kernel", kind)
+        realisation_frames.append(frame)
+        pairs[kind], r2s[kind] = frame, r2
+        log.info("%s %s: attribution sums within %.2e of the logits; R² %s", experiment, kind, error,
+                 {k: round(v, 4) for k, v in r2.items()})
+
+    attribution_table = pd.concat(attribution_rows, ignore_index=True)
+    attribution_table.insert(0, "experiment", experiment)
+    attribution_table.insert(1, "seed", int(seed))
+    write_csv(attribution_table, outputs["attribution_csv"])
+    exemplars = pd.DataFrame(exemplar_rows)
+    exemplars.insert(0, "experiment", experiment)
+    exemplars.insert(1, "seed", int(seed))
+    write_csv(exemplars, outputs["exemplars_csv"])
+    atomic_write_text(outputs["exemplars_md"], _markdown(exemplars, kernels, top_k))
+    realisation = pd.concat(realisation_frames, ignore_index=True)
+    realisation.insert(0, "experiment", experiment)
+    realisation.insert(1, "seed", int(seed))
+    write_csv(realisation, outputs["realisation_csv"])
+
+    test_x, train_x = test.x.numpy(), bundle.train.x.numpy()
+    where = f"{experiment}, network of seed {seed}"
+    plot_attributions(
+        outputs["attribution"], kernels, rows, test_x[rows], y_test[rows], nn_pred[rows], class_means, box_values,
+        box_logit, names, logit_names,
+        title=f"{where}: kGLM attributions A(x, x_i) = W_c,i κ(x, x_i) + b_c/N of {len(rows)} test points "
+              f"(summed over the training points x_i they give the kGLM logit)\nper test point, top: mean "
+              f"attribution per training class and logit; bottom: attributions to the logit of the kGLM's "
+              f"predicted class, by training class")
+    plot_exemplars(outputs["exemplars"], kernels, rows, test_x[rows], y_test[rows], train_x, y_train, top_idx, top_val,
+                   names, title=f"{where}: the {top_k} training points most similar to each test point "
+                                f"(blue frame), highest kernel value κ first, one row per kernel")
+    plot_realisation(outputs["realisation"], kernels, pairs, r2s,
+                     title=f"{where}: linear realisation (appendix L). NN probability against Φ(kGLM logit) on "
+                           f"the held-out half of the test set;\nΦ fitted on the other half, R² in logit space "
+                           f"(probabilities within 1e-7 of 0 or 1 left out)")
+    return {"test_rows": rows.tolist(), "r2": r2s, "attribution_max_abs_error": max_error}
