@@ -10,6 +10,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ntkbench.kinds import kind_info
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
 __all__ = [
@@ -19,6 +21,8 @@ __all__ = [
     "load_config",
     "experiment_kglm",
     "experiment_seeds",
+    "analysis_experiments",
+    "experiment_analysis",
     "modadd_experiment_config",
     "modadd_min_top_k",
     "is_prime",
@@ -80,6 +84,8 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None
         msg = err.message
         if err.validator == "additionalProperties":
             msg = f"unknown key(s): {msg.split('(')[-1].rstrip(')')}"
+        elif err.validator == "not" and err.validator_value == {}:  # schema: key of another data set
+            msg = "does not apply to this data set (see data: in schemas/config.schema.yaml)"
         lines.append(f"  {_key_path(err)}: {msg}")
     if lines:
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
@@ -161,10 +167,35 @@ def _cross_checks(cfg: dict[str, Any]) -> list[str]:
         problems += _modadd_checks(spectral["modadd"])
     if "modadd_tf" in tasks:
         problems += _modadd_tf_checks(spectral["modadd_tf"])
+    problems += _analysis_checks(cfg)
     kopts = cfg.get("kernel_options") or {}
     if kopts.get("tile_size") is not None and kopts["tile_size"] % kopts["block_size"]:
         problems.append(f"kernel_options.tile_size: {kopts['tile_size']} must be a multiple of kernel_options.block_size "
                         f"({kopts['block_size']}), so that tiles hold whole blocks")
+    return problems
+
+
+def _analysis_checks(cfg: dict[str, Any]) -> list[str]:
+    """The surrogate analysis names experiments that exist, a seed they train, kernels they have."""
+    block = cfg.get("analysis") or {}
+    experiments = cfg.get("experiments") or {}
+    problems = [f"analysis.experiments: {name!r} is not an experiment (has {sorted(experiments)})"
+                for name in block.get("experiments") or [] if name not in experiments]
+    for name in analysis_experiments(cfg):
+        own = experiments[name].get("analysis") or {}
+        key = lambda k: f"experiments.{name}.analysis.{k}" if k in own else f"analysis.{k}"  # noqa: E731
+        settings = experiment_analysis(cfg, name)
+        if settings["seed"] not in experiment_seeds(cfg, name):
+            problems.append(f"{key('seed')}: {settings['seed']} is not a training seed of {name!r} "
+                            f"({experiment_seeds(cfg, name)}); the analysed network must be one the DAG trains")
+        unknown = [k for k in settings["kernels"] if k not in experiments[name]["kernels"]]
+        blocks = [k for k in settings["kernels"] if k not in unknown and kind_info(k).per_class_blocks]
+        if unknown:
+            problems.append(f"{key('kernels')}: {unknown} are not kernels of {name!r} ({experiments[name]['kernels']})")
+        if blocks:
+            problems.append(f"{key('kernels')}: {blocks} have no kGLM to analyse (an (N, N, C, C) kernel)")
+        if not settings["kernels"]:
+            problems.append(f"analysis.experiments: {name!r} has no kernel with a kGLM to analyse")
     return problems
 
 
@@ -254,6 +285,39 @@ def experiment_kglm(config: dict[str, Any], experiment: str) -> dict[str, Any]:
 def experiment_seeds(config: dict[str, Any], experiment: str) -> list[int]:
     """Training seeds of one experiment (its own ``seeds`` or the global list)."""
     return list(_experiment(config, experiment).get("seeds", config["seeds"]))
+
+
+ANALYSIS_KEYS = ("seed", "kernels", "test_points", "selection_seed", "top_k")
+
+
+def _analysable_kernels(kernels: list[str]) -> list[str]:
+    """The kernels with a kGLM (every kind but the (N, N, C, C) eNTK)."""
+    return [k for k in kernels if not kind_info(k).per_class_blocks]
+
+
+def analysis_experiments(config: dict[str, Any]) -> list[str]:
+    """Experiments of the surrogate analysis (validated config): ``analysis.experiments``, or
+    when it is null every experiment with a kernel that has a kGLM."""
+    experiments = config.get("experiments") or {}
+    listed = (config.get("analysis") or {}).get("experiments")
+    if listed is None:
+        return [name for name, spec in experiments.items() if _analysable_kernels(spec["kernels"])]
+    return [name for name in listed if name in experiments]
+
+
+def experiment_analysis(config: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """Surrogate-analysis settings of one experiment (validated config): the top-level
+    ``analysis`` block overridden key by key by the experiment's own, with ``seed`` resolved
+    (null = the experiment's first training seed) and ``kernels`` resolved (null = every kernel
+    of the experiment that has a kGLM). Keys :data:`ANALYSIS_KEYS`."""
+    block = config.get("analysis") or {}
+    merged = {key: block.get(key) for key in ANALYSIS_KEYS}
+    merged.update(_experiment(config, experiment).get("analysis") or {})
+    if merged["seed"] is None:
+        merged["seed"] = experiment_seeds(config, experiment)[0]
+    kernels = _experiment(config, experiment)["kernels"]
+    merged["kernels"] = _analysable_kernels(kernels) if merged["kernels"] is None else list(merged["kernels"])
+    return merged
 
 
 DEFAULT_VARIANT = "default"
