@@ -138,3 +138,16 @@ def brute_kernels(jx: torch.Tensor, jy: torch.Tensor) -> dict[str, torch.Tensor]
         "trntk": tr0 / torch.sqrt(dtx[:, None] * dty[None]),
         "pntk": p0 / torch.sqrt(dpx[:, None] * dpy[None]),
     }
+
+
+def with_bn_stats(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so eval-mode batch norm is not the
+    identity (a kernel test on a fresh BN model would not see a wrong BN gradient)."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.uniform_(-0.5, 0.5, generator=g)
+    return model

@@ -8,23 +8,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ntkbench import kernels
 from tests.kernel_models import (
-    BinaryNet, MLP, OddNet, SmallCNN, TokenNet, ViewCNN, brute_jacobian, brute_kernels,
+    BinaryNet, MLP, OddNet, SmallCNN, TokenNet, ViewCNN, brute_jacobian, brute_kernels, with_bn_stats,
 )
 
 F64 = torch.float64
 GRAD_KINDS = ["entk", "trntk0", "trntk", "pntk0", "pntk"]
-
-
-def _bn_stats(model: nn.Module) -> nn.Module:
-    """Non-trivial running statistics so that eval-mode batch norm is not the identity."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.uniform_(0.5, 1.5, generator=g)
-            m.bias.data.uniform_(-0.5, 0.5, generator=g)
-    return model
 
 
 def make_case(name: str):
@@ -32,7 +20,7 @@ def make_case(name: str):
     if name == "mlp":
         return MLP(), torch.randn(7, 6), torch.randn(5, 6)
     if name == "cnn":
-        return _bn_stats(SmallCNN()), torch.randn(6, 1, 8, 8), torch.randn(4, 1, 8, 8)
+        return with_bn_stats(SmallCNN()), torch.randn(6, 1, 8, 8), torch.randn(4, 1, 8, 8)
     if name == "binary":
         return BinaryNet(), torch.randn(6, 5), torch.randn(3, 5)
     if name == "tokens":
@@ -294,7 +282,7 @@ def test_conv_models_over_many_blocks(model_cls):
     from ntkbench.kernels.generic import functional_state
 
     torch.manual_seed(0)
-    model = _bn_stats(model_cls())
+    model = with_bn_stats(model_cls())
     in_ch = model.c1.in_channels if model_cls is ViewCNN else 1
     x = torch.randn(150, in_ch, 8, 8)
     for kind, layerwise in [("trntk", False), ("entk", False), ("trntk0", True), ("pntk", False)]:

@@ -22,7 +22,7 @@ from ntkbench.kernels.generic import functional_state
 from ntkbench.kernels.projection import BlockProjector
 from ntkbench.models.text_encoder import read_safetensors
 from ntkbench.training import TrainConfig, train_classifier
-from tests.kernel_models import brute_jacobian, brute_kernels
+from tests.kernel_models import brute_jacobian, brute_kernels, with_bn_stats
 
 F64 = torch.float64
 TINY_MOBILENET = {"width_mult": 1.0, "divisor": 1, "stem_channels": 4, "last_channel": 10,
@@ -39,18 +39,6 @@ SPECS = {
 CASES = list(SPECS)  # the text models use init_std 0.5: BERT's 0.02 makes the logits almost constant
 
 
-def _bn_stats(model: nn.Module) -> nn.Module:
-    """Non-trivial running statistics and affine parameters, so eval-mode BN is not ~identity."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.uniform_(0.5, 1.5, generator=g)
-            m.bias.data.uniform_(-0.5, 0.5, generator=g)
-    return model
-
-
 def _tokens(n: int, seed: int) -> torch.Tensor:
     """(n, 6) float32 token ids as a bundle stores them: [CLS]=1 first, 0-padding at the end."""
     g = torch.Generator().manual_seed(seed)
@@ -63,7 +51,7 @@ def _tokens(n: int, seed: int) -> torch.Tensor:
 
 def make_case(name: str):
     torch.manual_seed(0)
-    model = _bn_stats(models.build(SPECS[name])).eval()
+    model = with_bn_stats(models.build(SPECS[name])).eval()
     if name.startswith("text"):
         return model, _tokens(6, 0), _tokens(4, 1)
     g = torch.Generator().manual_seed(2)
