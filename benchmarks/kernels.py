@@ -342,9 +342,11 @@ def family_member(name: str, n: int | None = None, seed: int = 0):
 GENERIC_ELEMENTS = 5e8
 
 
-def run_family(names: list[str], repeat: int, scale_n: float, rows: list, target: float = 20.0) -> None:
+def run_family(names: list[str], repeat: int, scale_n: float, rows: list, target: float = 20.0,
+               threads: int | str = "free") -> None:
     """Exact trntk per member: ntkbench (impl auto), ntkbench impl="generic" and vmap(jacrev)
-    + einsum, interleaved round by round (best of ``repeat``), with the load beside each row."""
+    + einsum, interleaved round by round (best of ``repeat``), with the load beside each row.
+    ``threads``: for all three (``"free"``: the cores other processes leave free; or a count)."""
     for name in names:
         model, x = family_member(name)
         N = max(16, int(x.shape[0] * scale_n))
@@ -352,8 +354,8 @@ def run_family(names: list[str], repeat: int, scale_n: float, rows: list, target
         P = sum(p.numel() for p in model.parameters())
         C = 10
         # Warm-up: tracing, allocator, oneDNN primitive caches (all three paths).
-        kernels.compute(model, x[:16], kind="trntk", threads="free")
-        kernels.compute(model, x[:16], kind="trntk", impl="generic", threads="free")
+        kernels.compute(model, x[:16], kind="trntk", threads=threads)
+        kernels.compute(model, x[:16], kind="trntk", impl="generic", threads=threads)
         contract_per_parameter(*(2 * [func_jacobians(model, x[:16])]), "trntk")
         n_b = min(N, max(16, int(0.3 * available_bytes() // (4 * C * P))))
         # The generic path materialises (batch, C, P) Jacobians like the baseline; where they
@@ -363,12 +365,12 @@ def run_family(names: list[str], repeat: int, scale_n: float, rows: list, target
         t_ours = t_gen = t_jac = math.inf
         load = os.getloadavg()[0]
         for r in range(repeat):
-            k_ours, t = timed(lambda: kernels.compute(model, x, kind="trntk", threads="free"))
+            k_ours, t = timed(lambda: kernels.compute(model, x, kind="trntk", threads=threads))
             t_ours = min(t_ours, t)
             # The generic path is re-timed only while it is within 5x of the fast path (else
             # it is clearly not the faster one and one run is enough).
             if r == 0 or t_gen < 5 * t_ours:
-                k_gen, t = timed(lambda: kernels.compute(model, x[:n_g], kind="trntk", impl="generic", threads="free"))
+                k_gen, t = timed(lambda: kernels.compute(model, x[:n_g], kind="trntk", impl="generic", threads=threads))
                 t_gen = min(t_gen, t * N / n_g)
 
             # The tutorial computes the Jacobians of x1 and of x2 (identical here, so one call
@@ -376,21 +378,21 @@ def run_family(names: list[str], repeat: int, scale_n: float, rows: list, target
             # The baseline runs with the thread count ntkbench picks (see
             # ntkbench.kernels.threads), so that the comparison is of the methods, not of how
             # they cope with a shared machine.
-            with thread_budget("free"):
+            with thread_budget(threads):
                 jac, t_j = timed(lambda: func_jacobians(model, x[:n_b]))
                 k_b, t_c = timed(lambda: contract_per_parameter(jac, jac, "trntk"))
             del jac
             t_jac = min(t_jac, 2 * t_j * N / n_b + t_c * (N / n_b) ** 2)
         t_b = t_jac
         err = ((k_ours[:n_b, :n_b] - k_b).norm() / k_b.norm()).item()
-        k_sub = kernels.compute(model, x[:n_g], kind="trntk", threads="free") if n_g < N else k_ours
+        k_sub = kernels.compute(model, x[:n_g], kind="trntk", threads=threads) if n_g < N else k_ours
         err_gen = ((k_sub - k_gen).norm() / k_gen.norm()).item()
         load = max(load, os.getloadavg()[0])
-        threads = resolve_threads("free")
+        used_threads = resolve_threads(threads)
         ok = t_b / t_ours >= target and t_ours <= t_gen
         rows.append(dict(model=name, P=P, N=N, ours=t_ours, generic=t_gen, jacrev=t_b, err=max(err, err_gen),
-                         load=load, ok=ok, scaled=n_b < N, gen_scaled=n_g < N, threads=threads))
-        print(f"[load {load:.1f}, {threads} thr] {name:24s} P={P:>9,} N={N:5d} ntkbench {t_ours:7.3f} s | generic {t_gen:7.2f} s "
+                         load=load, ok=ok, scaled=n_b < N, gen_scaled=n_g < N, threads=used_threads))
+        print(f"[load {load:.1f}, {used_threads} thr] {name:24s} P={P:>9,} N={N:5d} ntkbench {t_ours:7.3f} s | generic {t_gen:7.2f} s "
               f"({t_gen / t_ours:5.1f}x){' scaled from n=%d' % n_g if n_g < N else ''} | vmap(jacrev) {t_b:7.2f} s ({t_b / t_ours:6.1f}x)"
               f"{' scaled from n=%d' % n_b if n_b < N else ''} | rel. diff {max(err, err_gen):.1e} | "
               f"{'✓' if ok else '✗'}", flush=True)
@@ -437,7 +439,8 @@ def main() -> None:
     if args.family:
         names = list(FAMILY) if args.family == "all" else args.family.split(",")
         rows: list = []
-        run_family(names, args.repeat, args.family_scale * (0.2 if args.quick else 1.0), rows)
+        run_family(names, args.repeat, args.family_scale * (0.2 if args.quick else 1.0), rows,
+                   threads=args.threads or "free")
         table = family_table(rows)
         print("\n" + table)
         if args.out:
