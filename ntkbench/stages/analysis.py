@@ -17,16 +17,13 @@ from ntkbench.metrics import predicted_labels
 from ntkbench.plots.analysis import plot_attributions, plot_exemplars, plot_realisation
 from ntkbench.stages.common import InputError, read_json, read_logits, write_csv
 from ntkbench.stages.kernels import check_kernel_file
-from ntkbench.surrogate import KernelGLM
+from ntkbench.stages.surrogates import read_kglm_fit
 from ntkbench.tables import KERNEL_DISPLAY_NAMES
 from ntkbench.utils import atomic_write_text, get_logger
 
 log = get_logger(__name__)
 
 __all__ = ["analysis_stage", "class_names", "OUTPUT_KEYS"]
-
-#: Test rows per float64 block when the stored kGLM is re-evaluated on the whole test split.
-ROW_CHUNK = 1024
 
 #: Keys of the ``outputs`` mapping :func:`analysis_stage` writes (the rule's output names).
 OUTPUT_KEYS = ("attribution", "attribution_csv", "exemplars", "exemplars_csv", "exemplars_md", "realisation",
@@ -41,22 +38,6 @@ def class_names(bundle: DataBundle) -> list[str]:
         if isinstance(names, list) and len(names) == bundle.num_classes:
             return [str(n) for n in names]
     return [str(c) for c in range(bundle.num_classes)]
-
-
-def _load_fit(path: str | Path, n_train: int, c_out: int) -> dict[str, np.ndarray]:
-    """W, b and test logits saved by the surrogate stage, shapes checked against the bundle."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable kGLM file ({err})") from err
-    missing = [k for k in ("coef", "intercept", "test_logits") if k not in data]
-    if missing:
-        raise InputError(f"{path}: missing {missing} (has {sorted(data)})")
-    if data["coef"].shape != (c_out, n_train) or data["intercept"].shape != (c_out,):
-        raise InputError(f"{path}: coef {data['coef'].shape} and intercept {data['intercept'].shape}, expected "
-                         f"({c_out}, {n_train}) and ({c_out},) for this data bundle")
-    return data
 
 
 def _same(a: float, b: float) -> bool:
@@ -119,16 +100,8 @@ def analysis_stage(experiment: str, data_path: str | Path, model_path: str | Pat
         report = read_json(kglm_json_paths[kind], required=("kernel", "test", "kglm"))
         if report["kernel"] != kind:
             raise InputError(f"{kglm_json_paths[kind]}: the kGLM report of kernel {report['kernel']!r}, expected {kind!r}")
-        fit = _load_fit(kglm_npz_paths[kind], n_train, c_out)
-        glm = KernelGLM.from_weights(fit["coef"], fit["intercept"])
-        kglm_logits = fit["test_logits"].astype(np.float64)
-        # float64 products in row chunks, never a float64 copy of the whole test x train kernel
-        recomputed = np.concatenate([glm.decision_function(K[i:i + ROW_CHUNK]) for i in range(0, len(K), ROW_CHUNK)])
+        glm, kglm_logits, recomputed = read_kglm_fit(kglm_npz_paths[kind], kernel_path, K, n_train, c_out)
         K_rows = K[rows].astype(np.float64)  # (P, N): the selected test points
-        if kglm_logits.shape != recomputed.shape or not np.allclose(
-                recomputed, kglm_logits, rtol=1e-6, atol=1e-6 * (1 + np.abs(recomputed).max())):
-            raise InputError(f"{kglm_npz_paths[kind]}: its W and b do not reproduce its test logits on {kernel_path} "
-                             "(the kGLM was fitted on another kernel)")
 
         # 1. Attributions (eq. 3) of the selected points; they must add up to the logits.
         attr = glm.attribution(K_rows)  # (P, N, C_out)

@@ -9,14 +9,18 @@ import numpy as np
 
 from ntkbench import metrics, models, store
 from ntkbench.data import load_bundle
-from ntkbench.stages.common import read_logits
+from ntkbench.stages.common import InputError, read_logits
 from ntkbench.stages.kernels import check_kernel_file
 from ntkbench.surrogate import KernelGLM
 from ntkbench.utils import atomic_savez, atomic_write_text, get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["kglm_stage"]
+__all__ = ["kglm_stage", "read_kglm_fit", "ROW_CHUNK"]
+
+#: Test rows per float64 block when a saved kGLM is re-evaluated (never a float64 copy of a
+#: whole test x train kernel: GBs at paper scale).
+ROW_CHUNK = 1024
 
 
 def kglm_stage(data_path: str | Path, logits_path: str | Path, model_path: str | Path,
@@ -63,3 +67,34 @@ def kglm_stage(data_path: str | Path, logits_path: str | Path, model_path: str |
     atomic_savez(out_npz, **{f"{k}_logits": v for k, v in kglm_logits.items()}, coef=glm.coef_,
                  intercept=glm.intercept_)
     return report
+
+
+def read_kglm_fit(npz_path: str | Path, kernel_path: str | Path, K: np.ndarray, n_train: int,
+                  c_out: int) -> tuple[KernelGLM, np.ndarray, np.ndarray]:
+    """The kGLM :func:`kglm_stage` saved in ``npz_path``, checked before any later stage uses it.
+
+    ``K`` (M, N) is the test x train kernel read from ``kernel_path``. W ``(c_out, n_train)``
+    and b ``(c_out,)`` must have the bundle's shapes and reproduce the saved test logits on
+    ``K``; otherwise the fit belongs to another kernel. Returns (the kGLM with those weights,
+    the saved test logits (M, c_out), the recomputed ones K W^T + b in float64).
+    """
+    try:
+        with np.load(npz_path, allow_pickle=False) as npz:
+            fit = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as err:
+        raise InputError(f"{npz_path}: not a readable kGLM file ({err})") from err
+    missing = [k for k in ("coef", "intercept", "test_logits") if k not in fit]
+    if missing:
+        raise InputError(f"{npz_path}: missing {missing} (has {sorted(fit)})")
+    coef, intercept = fit["coef"], fit["intercept"]
+    if coef.shape != (c_out, n_train) or intercept.shape != (c_out,):
+        raise InputError(f"{npz_path}: coef {coef.shape} and intercept {intercept.shape}, expected "
+                         f"({c_out}, {n_train}) and ({c_out},) for this data bundle")
+    glm = KernelGLM.from_weights(coef, intercept)
+    saved = fit["test_logits"].astype(np.float64)
+    logits = np.concatenate([glm.decision_function(K[i:i + ROW_CHUNK]) for i in range(0, len(K), ROW_CHUNK)])
+    if saved.shape != logits.shape or not np.allclose(
+            logits, saved, rtol=1e-6, atol=1e-6 * (1 + np.abs(logits).max())):
+        raise InputError(f"{npz_path}: its W and b do not reproduce its test logits on {kernel_path} "
+                         "(the kGLM was fitted on another kernel)")
+    return glm, saved, logits

@@ -19,6 +19,7 @@ from ntkbench.data import DataBundle, load_bundle
 from ntkbench.stages.attribution.common import (KERNEL_METHODS, TABLE_COLUMNS, check_fingerprints, load_npz)
 from ntkbench.stages.common import InputError, read_json, write_csv
 from ntkbench.stages.kernels import check_kernel_file
+from ntkbench.stages.surrogates import read_kglm_fit
 from ntkbench.utils import get_logger
 
 log = get_logger(__name__)
@@ -72,17 +73,8 @@ def _kglm_scores(kind: str, bundle: DataBundle, kernel_path: str | Path, options
     """kGLM and kernel-similarity scores of one kernel from the surrogate stage's saved fit."""
     check_kernel_file(kernel_path, kind, options, model, bundle, ["test_train"])
     K = store.read_kernel(kernel_path, "test_train").kernel.astype(np.float64)
-    fit = load_npz(kglm_npz, ("coef", "intercept", "test_logits"))
-    coef, intercept = fit["coef"], fit["intercept"]
-    n, c_out = len(bundle.train), bundle.num_outputs
-    if coef.shape != (c_out, n) or intercept.shape != (c_out,):
-        raise InputError(f"{kglm_npz}: coef {coef.shape} and intercept {intercept.shape}, expected ({c_out}, {n}) "
-                         f"and ({c_out},) for this data bundle")
-    logits = K @ coef.T + intercept
-    if not np.allclose(logits, fit["test_logits"], rtol=1e-6, atol=1e-6 * (1 + np.abs(logits).max())):
-        raise InputError(f"{kglm_npz}: its W and b do not reproduce its test logits on {kernel_path} "
-                         "(the kGLM was fitted on another kernel)")
-    return stored_kglm_attributions(coef, intercept, K, bundle.test.y.numpy(), bundle.train.y.numpy(),
+    glm, _, _ = read_kglm_fit(kglm_npz, kernel_path, K, len(bundle.train), bundle.num_outputs)
+    return stored_kglm_attributions(glm.coef_, glm.intercept_, K, bundle.test.y.numpy(), bundle.train.y.numpy(),
                                               signed_similarity=signed)
 
 
