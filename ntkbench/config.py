@@ -23,6 +23,7 @@ __all__ = [
     "experiment_seeds",
     "analysis_experiments",
     "experiment_analysis",
+    "kernels_with_kglm",
     "modadd_experiment_config",
     "modadd_min_top_k",
     "is_prime",
@@ -189,7 +190,8 @@ def _analysis_checks(cfg: dict[str, Any]) -> list[str]:
             problems.append(f"{key('seed')}: {settings['seed']} is not a training seed of {name!r} "
                             f"({experiment_seeds(cfg, name)}); the analysed network must be one the DAG trains")
         unknown = [k for k in settings["kernels"] if k not in experiments[name]["kernels"]]
-        blocks = [k for k in settings["kernels"] if k not in unknown and kind_info(k).per_class_blocks]
+        with_kglm = kernels_with_kglm(settings["kernels"])
+        blocks = [k for k in settings["kernels"] if k not in unknown and k not in with_kglm]
         if unknown:
             problems.append(f"{key('kernels')}: {unknown} are not kernels of {name!r} ({experiments[name]['kernels']})")
         if blocks:
@@ -290,8 +292,8 @@ def experiment_seeds(config: dict[str, Any], experiment: str) -> list[int]:
 ANALYSIS_KEYS = ("seed", "kernels", "test_points", "selection_seed", "top_k")
 
 
-def _analysable_kernels(kernels: list[str]) -> list[str]:
-    """The kernels with a kGLM (every kind but the (N, N, C, C) eNTK)."""
+def kernels_with_kglm(kernels: list[str]) -> list[str]:
+    """The kernels that have a kGLM, hence attributions (every kind but the (N, N, C, C) eNTK)."""
     return [k for k in kernels if not kind_info(k).per_class_blocks]
 
 
@@ -301,7 +303,7 @@ def analysis_experiments(config: dict[str, Any]) -> list[str]:
     experiments = config.get("experiments") or {}
     listed = (config.get("analysis") or {}).get("experiments")
     if listed is None:
-        return [name for name, spec in experiments.items() if _analysable_kernels(spec["kernels"])]
+        return [name for name, spec in experiments.items() if kernels_with_kglm(spec["kernels"])]
     return [name for name in listed if name in experiments]
 
 
@@ -316,7 +318,7 @@ def experiment_analysis(config: dict[str, Any], experiment: str) -> dict[str, An
     if merged["seed"] is None:
         merged["seed"] = experiment_seeds(config, experiment)[0]
     kernels = _experiment(config, experiment)["kernels"]
-    merged["kernels"] = _analysable_kernels(kernels) if merged["kernels"] is None else list(merged["kernels"])
+    merged["kernels"] = kernels_with_kglm(kernels) if merged["kernels"] is None else list(merged["kernels"])
     return merged
 
 

@@ -9,8 +9,8 @@
 import math
 import re
 
-from ntkbench.config import ConfigError, experiment_kglm, experiment_seeds
-from ntkbench.kinds import kind_info, options_for
+from ntkbench.config import ConfigError, experiment_kglm, experiment_seeds, kernels_with_kglm
+from ntkbench.kinds import options_for
 
 ATTRIBUTION = config["attribution"]
 ATTRIBUTION_EXPERIMENTS = list(ATTRIBUTION["experiments"])
@@ -42,7 +42,7 @@ def attribution_seed(experiment):
 
 def attribution_kernels(experiment):
     """The experiment's kernels with a kGLM attribution (the (N, N, C, C) eNTK has none)."""
-    return [k for k in EXPERIMENTS[experiment]["kernels"] if not kind_info(k).per_class_blocks]
+    return kernels_with_kglm(EXPERIMENTS[experiment]["kernels"])
 
 
 def attribution_settings(*keys):
