@@ -7,7 +7,6 @@ for the cosine-normalised kinds.
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -346,20 +345,6 @@ def _kernel_in_memory(source, opts: KernelOptions, X: torch.Tensor, Y: torch.Ten
     return kernel, dx, (None if same else torch.cat(diag_y))
 
 
-def _in_thread_budget(fn):
-    """Run ``fn`` under :func:`thread_budget` ``(threads=...)``, all of it: the normalisation
-    and finiteness checks after the contractions are tiny ops too, which collapse under
-    contention when run with more threads than free cores (5 ms each at load 6 on 2 cores)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with thread_budget(kwargs.get("threads")):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-@_in_thread_budget
 def compute(
     model: nn.Module,
     x: Any,
@@ -418,35 +403,39 @@ def compute(
     Returns:
         (N, M) tensor ((N, M, C, C) for entk), or a dict of them with ``layerwise``.
     """
-    opts = KernelOptions.build(
-        kind, dtype=dtype, importance=importance, layers=layers, proj_dim=proj_dim, proj_type=proj_type,
-        seed=seed, batch_size=batch_size, layerwise=layerwise, impl=impl, proj_cache_mb=proj_cache_mb,
-    )
-    X = as_input_tensor(x, "x")
-    same = y is None
-    Y = X if same else as_input_tensor(y, "y")
-    check_same_sample_shape(X, Y)
-    dev = kernel_device(model, device)
-    with eval_mode(model):  # the thread budget applies to the whole call: see _in_thread_budget
-        source = make_source(model, opts, dev, cast_input(X[:1], dev, opts.torch_dtype))
-        kernel, dx, dy = _kernel_in_memory(source, opts, X, Y, same, dev)
-    what = f"kernel {kind!r} ({X.shape[0]} x {Y.shape[0]})"
-    # The self-kernels first: an infinite one would be normalised to a silent 0.
-    check_finite(dx, f"{what}: self-kernels of x")
-    if dy is not None:
-        check_finite(dy, f"{what}: self-kernels of y")
-    for part, value in (kernel.items() if layerwise else [("", kernel)]):
-        check_finite(value, what + (f", part {part!r}" if part else ""))
-    if not opts.normalised:
-        return kernel
-    dy = dx if dy is None else dy
-    if layerwise:
-        return {k: normalise(v, dx, dy) for k, v in kernel.items()}
-    out = normalise(kernel, dx, dy)
-    check_finite(out, f"normalised {what}")
-    if same:
-        out.diagonal().fill_(1.0)  # exact, despite rounding differences between blocks
-    return out
+    # The thread budget covers the whole call: the normalisation and finiteness checks after the
+    # contractions are tiny ops too, which collapse under contention when run with more threads
+    # than free cores (5 ms each at load 6 on 2 cores).
+    with thread_budget(threads):
+        opts = KernelOptions.build(
+            kind, dtype=dtype, importance=importance, layers=layers, proj_dim=proj_dim, proj_type=proj_type,
+            seed=seed, batch_size=batch_size, layerwise=layerwise, impl=impl, proj_cache_mb=proj_cache_mb,
+        )
+        X = as_input_tensor(x, "x")
+        same = y is None
+        Y = X if same else as_input_tensor(y, "y")
+        check_same_sample_shape(X, Y)
+        dev = kernel_device(model, device)
+        with eval_mode(model):
+            source = make_source(model, opts, dev, cast_input(X[:1], dev, opts.torch_dtype))
+            kernel, dx, dy = _kernel_in_memory(source, opts, X, Y, same, dev)
+        what = f"kernel {kind!r} ({X.shape[0]} x {Y.shape[0]})"
+        # The self-kernels first: an infinite one would be normalised to a silent 0.
+        check_finite(dx, f"{what}: self-kernels of x")
+        if dy is not None:
+            check_finite(dy, f"{what}: self-kernels of y")
+        for part, value in (kernel.items() if layerwise else [("", kernel)]):
+            check_finite(value, what + (f", part {part!r}" if part else ""))
+        if not opts.normalised:
+            return kernel
+        dy = dx if dy is None else dy
+        if layerwise:
+            return {k: normalise(v, dx, dy) for k, v in kernel.items()}
+        out = normalise(kernel, dx, dy)
+        check_finite(out, f"normalised {what}")
+        if same:
+            out.diagonal().fill_(1.0)  # exact, despite rounding differences between blocks
+        return out
 
 
 def check_same_sample_shape(X: torch.Tensor, Y: torch.Tensor) -> None:
