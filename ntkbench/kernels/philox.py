@@ -60,7 +60,7 @@ _COS_COEF = tuple((-1.0) ** i / math.factorial(2 * i) for i in range(8))
 # Entries per generation step on the CPU: large enough to amortise the per-op overhead, small
 # enough that the temporaries stay in the cache (elementwise ops are memory-bound). On the CPU
 # each op runs on one thread and the steps are shared among Python threads (see _generate).
-CPU_CHUNK = 1 << 14
+CPU_CHUNK = 1 << 16
 
 
 def stream_key(seed: int, name: str) -> tuple[int, int]:
