@@ -8,8 +8,8 @@ neural-tangents (JAX, CPU) side by side.
 Parts (``--parts``, default all):
 
 * ``memory``: peak resident memory (RSS high-water mark) of one kernel computation, each in a
-  fresh subprocess, as N grows: the streaming HDF5 path (``compute_to_hdf5``, block_size B)
-  against the in-memory ``compute``. The subprocess builds the model and the data, warms up on
+  fresh subprocess, as N grows: the streaming HDF5 path (``compute_to_hdf5``, block_size B),
+  with its default feature cache and with ``feature_cache_mb=0``, against the in-memory ``compute``. The subprocess builds the model and the data, warms up on
   a few samples, then reads its high-water mark (``base``); the reported growth is the peak
   minus that base, so it excludes Python, torch and the input data.
 * ``time``: exact trntk on the MLP 784-100-100-100-10 for N = 1k, 2k, 4k, ... up to
@@ -78,10 +78,11 @@ def _child(spec: dict) -> None:
     kernels.compute(model, x[:32], kind=spec["kind"], **opts)  # libraries, primitive caches
     base = maxrss_mb()
     start = time.perf_counter()
-    if spec["path"] == "hdf5":
+    if spec["path"].startswith("hdf5"):
+        cache = 0 if spec["path"] == "hdf5-nocache" else None
         with tempfile.TemporaryDirectory() as tmp:
             compute_to_hdf5(os.path.join(tmp, "k.h5"), model, x, kind=spec["kind"], block_size=spec["block"],
-                            progress=False, **opts)
+                            progress=False, feature_cache_mb=cache, **opts)
     else:
         kernels.compute(model, x, kind=spec["kind"], **opts)
     print(json.dumps({"base_mb": base, "peak_mb": maxrss_mb(), "seconds": time.perf_counter() - start}))
@@ -95,6 +96,10 @@ def run_child(spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+PATH_LABELS = {"hdf5": "compute_to_hdf5", "hdf5-nocache": "compute_to_hdf5, feature_cache_mb=0",
+               "memory": "compute (in memory)"}
+
+
 def part_memory(ns: list[int], kinds: list[str], block: int, proj_dim: int, proj_max_n: int, lines: list[str]) -> None:
     print(f"\n== peak memory (RSS growth over the warmed-up process), MLP, block_size {block}")
     lines += ["### Peak memory", "",
@@ -103,7 +108,7 @@ def part_memory(ns: list[int], kinds: list[str], block: int, proj_dim: int, proj
               "| kind | path | " + " | ".join(f"N = {n}" for n in ns) + " |",
               "| --- | --- | " + " | ".join("---:" for _ in ns) + " |"]
     for kind in kinds:
-        for path in ("hdf5", "memory"):
+        for path in ("hdf5", "hdf5-nocache", "memory"):
             cells = []
             for n in ns:
                 if kind.startswith("proj") and n > proj_max_n:
@@ -114,7 +119,7 @@ def part_memory(ns: list[int], kinds: list[str], block: int, proj_dim: int, proj
                 cells.append(f"{grow:.0f} MB ({r['seconds']:.1f} s)")
                 print(f"[{load()}] {kind:10s} {path:6s} N={n:6d}: peak +{grow:7.1f} MB "
                       f"(base {r['base_mb']:.0f} MB), {r['seconds']:.2f} s", flush=True)
-            lines.append(f"| {kind} | {'compute_to_hdf5' if path == 'hdf5' else 'compute (in memory)'} | "
+            lines.append(f"| {kind} | {PATH_LABELS[path]} | "
                          + " | ".join(cells) + " |")
     lines.append("")
 

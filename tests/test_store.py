@@ -161,3 +161,32 @@ def test_fingerprints_change_with_content(setup):
         model.net[0].weight[0, 0] += 1
     assert store.model_fingerprint(model) != fp
     assert store.tensor_fingerprint(x) != store.tensor_fingerprint(x.double())
+
+
+def test_feature_cache_budget_changes_work_not_values(tmp_path, setup, monkeypatch):
+    """feature_cache_mb=0 (memory bounded by the block size alone) recomputes column blocks'
+    features per row block and gives the same file values as the default cache."""
+    model, x, y = setup
+    calls = []
+    make_source = streaming.make_source
+
+    def counting(*args, **kwargs):
+        source = make_source(*args, **kwargs)
+        reps = source.reps
+        source.reps = lambda data: calls.append(len(data)) or reps(data)
+        return source
+
+    monkeypatch.setattr(streaming, "make_source", counting)
+    values = {}
+    for budget in (None, 0):
+        calls.clear()
+        path = tmp_path / f"k{budget}.h5"
+        kernels.compute_to_hdf5(path, model, y, x, kind="trntk", group="test_train", block_size=3, dtype=F64,
+                                progress=False, feature_cache_mb=budget)
+        values[budget] = (store.read_kernel(path, "test_train").kernel, sum(calls))
+    np.testing.assert_array_equal(values[0][0], values[None][0])
+    # 11 x-samples in 4 column blocks, 7 y-samples in 3 row blocks: the cached run computes each
+    # column block once, the uncached one once per row block (plus the diagonal passes in both)
+    assert values[0][1] - values[None][1] == 2 * 11
+    with pytest.raises(ValueError, match="feature_cache_mb"):
+        kernels.compute_to_hdf5(tmp_path / "bad.h5", model, x, kind="trntk", feature_cache_mb=-1, progress=False)

@@ -4,8 +4,10 @@ Order of work: the self-kernel diagonals of x and y first (one pass over the dat
 projected kinds this pass also stores the projected gradients, so R is generated once per
 chunk of samples rather than once per kernel block), then the kernel in row x column blocks
 of ``block_size``. Every finished block is flagged in the file and flushed, so a rerun with
-the same settings skips it. Memory is bounded by the block size (plus a bounded cache of
-column-block features), not by N.
+the same settings skips it. Memory is bounded by the block size plus a cache of column-block
+features capped at ``feature_cache_mb`` (default 1 GiB), not by N; ``feature_cache_mb=0``
+bounds it by the block size alone, at the price of recomputing a column block's features for
+every row block.
 """
 from __future__ import annotations
 
@@ -83,6 +85,7 @@ def compute_to_hdf5(
     block_size: int = 1024,
     attrs: Mapping[str, Any] | None = None,
     progress: bool = True,
+    feature_cache_mb: int | None = None,
     **options: Any,
 ) -> str:
     """Compute a kernel block by block into HDF5 group ``group`` of ``path``; resumable.
@@ -94,6 +97,9 @@ def compute_to_hdf5(
         block_size: rows/columns per kernel block; bounds memory. Part of the resume identity.
         attrs: extra provenance attributes (non-scalars are stored as JSON).
         progress: log blocks done / total and the rate through ``logging``.
+        feature_cache_mb: budget for column blocks' features kept across row blocks (None:
+            ``CACHE_BYTES / 2`` = 1 GiB; 0: none, so peak memory does not grow with N). Speed
+            only: the values and the resume identity do not depend on it.
         **options: proj_dim, proj_type, seed, layers, importance, batch_size, device, dtype,
             impl, proj_cache_mb, threads (see ``compute``). ``layerwise`` is not supported here.
 
@@ -108,6 +114,10 @@ def compute_to_hdf5(
     options.pop("layerwise", None)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if feature_cache_mb is not None and (isinstance(feature_cache_mb, bool) or not isinstance(feature_cache_mb, int)
+                                         or feature_cache_mb < 0):
+        raise ValueError(f"feature_cache_mb must be None (default budget) or an integer >= 0, got {feature_cache_mb!r}")
+    cache_budget = CACHE_BYTES // 2 if feature_cache_mb is None else feature_cache_mb << 20
     device = options.pop("device", None)
     dtype = options.pop("dtype", torch.float32)
     importance = options.pop("importance", None)
@@ -140,7 +150,7 @@ def compute_to_hdf5(
                     _LOG.info("%s:%s is already complete", path, group)
                     return group
                 _LOG.info("resuming %s:%s (%d/%d blocks done)", path, group, int(grp["blocks_done"][...].sum()), nbr * nbc)
-            _run(grp, source, opts, X, Y, same, dev, block_size, progress, f"{os.fspath(path)}:{group}")
+            _run(grp, source, opts, X, Y, same, dev, block_size, progress, f"{os.fspath(path)}:{group}", cache_budget)
             grp.attrs["complete"] = True
             grp.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             f.flush()
@@ -195,7 +205,7 @@ def _check_block(values: np.ndarray, label: str, what: str) -> None:
         )
 
 
-def _run(grp, source, opts, X, Y, same, dev, bs, progress, label) -> None:
+def _run(grp, source, opts, X, Y, same, dev, bs, progress, label, cache_budget) -> None:
     dtype, entk = opts.torch_dtype, opts.entk
     projected = opts.info.projected
     nbr, nbc = math.ceil(X.shape[0] / bs), math.ceil(Y.shape[0] / bs)
@@ -252,7 +262,7 @@ def _run(grp, source, opts, X, Y, same, dev, bs, progress, label) -> None:
         else:
             ry = features(Y, "y" if not same else "x", j)
             size = _nbytes(ry)
-            if cache_bytes + size <= CACHE_BYTES // 2:
+            if cache_bytes + size <= cache_budget:
                 cache[j], cache_bytes = ry, cache_bytes + size
         k = block_kernel(rx, ry, entk, False)
         rs, cs = slice(i * bs, (i + 1) * bs), slice(j * bs, (j + 1) * bs)
