@@ -343,10 +343,14 @@ GENERIC_ELEMENTS = 5e8
 
 
 def run_family(names: list[str], repeat: int, scale_n: float, rows: list, target: float = 20.0,
-               threads: int | str = "free") -> None:
+               threads: int | str = "free", gflops: float | None = None) -> None:
     """Exact trntk per member: ntkbench (impl auto), ntkbench impl="generic" and vmap(jacrev)
     + einsum, interleaved round by round (best of ``repeat``), with the load beside each row.
-    ``threads``: for all three (``"free"``: the cores other processes leave free; or a count)."""
+    ``threads``: for all three (``"free"``: the cores other processes leave free; or a count).
+    ``gflops``: the machine's matmul rate, for each member's ceiling: vmap(jacrev)'s time over
+    the time ntkbench's contractions alone (the cheaper of factorised and materialised per
+    layer, half the pairs by symmetry) would take at that rate. No engine that computes these
+    exact products can beat the ceiling; where it is below the target, so is every engine."""
     for name in names:
         model, x = family_member(name)
         N = max(16, int(x.shape[0] * scale_n))
@@ -365,8 +369,9 @@ def run_family(names: list[str], repeat: int, scale_n: float, rows: list, target
         t_ours = t_gen = t_jac = math.inf
         load = os.getloadavg()[0]
         for r in range(repeat):
+            STATS.reset()
             k_ours, t = timed(lambda: kernels.compute(model, x, kind="trntk", threads=threads))
-            t_ours = min(t_ours, t)
+            t_ours, flops = min(t_ours, t), STATS.flops
             # The generic path is re-timed only while it is within 5x of the fast path (else
             # it is clearly not the faster one and one run is enough).
             if r == 0 or t_gen < 5 * t_ours:
@@ -390,26 +395,33 @@ def run_family(names: list[str], repeat: int, scale_n: float, rows: list, target
         load = max(load, os.getloadavg()[0])
         used_threads = resolve_threads(threads)
         ok = t_b / t_ours >= target and t_ours <= t_gen
+        ceiling = t_b / (flops / (gflops * 1e9)) if gflops else math.nan
         rows.append(dict(model=name, P=P, N=N, ours=t_ours, generic=t_gen, jacrev=t_b, err=max(err, err_gen),
-                         load=load, ok=ok, scaled=n_b < N, gen_scaled=n_g < N, threads=used_threads))
+                         load=load, ok=ok, scaled=n_b < N, gen_scaled=n_g < N, threads=used_threads,
+                         gflop=flops / 1e9, ceiling=ceiling))
         print(f"[load {load:.1f}, {used_threads} thr] {name:24s} P={P:>9,} N={N:5d} ntkbench {t_ours:7.3f} s | generic {t_gen:7.2f} s "
               f"({t_gen / t_ours:5.1f}x){' scaled from n=%d' % n_g if n_g < N else ''} | vmap(jacrev) {t_b:7.2f} s ({t_b / t_ours:6.1f}x)"
-              f"{' scaled from n=%d' % n_b if n_b < N else ''} | rel. diff {max(err, err_gen):.1e} | "
+              f"{' scaled from n=%d' % n_b if n_b < N else ''} | contractions {flops / 1e9:.1f} GFLOP, ceiling {ceiling:.1f}x | "
+              f"rel. diff {max(err, err_gen):.1e} | "
               f"{'✓' if ok else '✗'}", flush=True)
 
 
 def family_table(rows: list, target: float = 20.0) -> str:
-    lines = ["| model | P | N | ntkbench | generic | vmap(jacrev) | vs generic | vs jacrev | load | threads | "
-             f"target (≥{target:g}x jacrev, ≤ generic) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| model | P | N | ntkbench | generic | vmap(jacrev) | vs generic | vs jacrev | contractions | ceiling | "
+             f"load | threads | target (≥{target:g}x jacrev, ≤ generic) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['P']:,} | {r['N']} | {r['ours']:.3f} s | {r['generic']:.2f} s{'†' if r['gen_scaled'] else ''} | "
                      f"{r['jacrev']:.2f} s{'*' if r['scaled'] else ''} | {r['generic'] / r['ours']:.1f}x | "
-                     f"**{r['jacrev'] / r['ours']:.1f}x** | {r['load']:.1f} | {r['threads']} | {'✓' if r['ok'] else '✗'} |")
+                     f"**{r['jacrev'] / r['ours']:.1f}x** | {r['gflop']:.1f} GFLOP | {r['ceiling']:.1f}x | {r['load']:.1f} | "
+                     f"{r['threads']} | {'✓' if r['ok'] else '✗'} |")
     if any(r["scaled"] for r in rows):
         lines.append("\n\\* Jacobians timed on the largest subset that fits in memory, scaled linearly.")
     if any(r["gen_scaled"] for r in rows):
         lines.append("\n† timed on a subset (GENERIC_ELEMENTS // (C P) samples), scaled linearly to N.")
+    lines.append("\nceiling: vmap(jacrev)'s time over the time ntkbench's contractions (flops in the "
+                 "contractions column) would take at the machine's matmul rate, measured at the start of the run: "
+                 "the most any engine computing these exact products could gain.")
     return "\n".join(lines) + "\n"
 
 
@@ -435,12 +447,13 @@ def main() -> None:
     print(f"ntkbench kernel benchmark, {datetime.date.today()} on {platform.platform()}, "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
-    print(f"machine matmul: {matmul_gflops():.1f} GFLOP/s (float32 2048^3)")
+    gflops = matmul_gflops()
+    print(f"machine matmul: {gflops:.1f} GFLOP/s (float32 2048^3)")
     if args.family:
         names = list(FAMILY) if args.family == "all" else args.family.split(",")
         rows: list = []
         run_family(names, args.repeat, args.family_scale * (0.2 if args.quick else 1.0), rows,
-                   threads=args.threads or "free")
+                   threads=args.threads or "free", gflops=gflops)
         table = family_table(rows)
         print("\n" + table)
         if args.out:
