@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -299,3 +300,28 @@ def test_conv_models_over_many_blocks(model_cls):
     engine = GradientEngine(model.eval(), params, others, impl="fast")
     engine.reps(x[:8].to(F64))
     assert engine._channels_last == (model_cls is SmallCNN)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [
+    ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 2), (2, 1), (0, 1), (1, 2)), ((1, 1), (2, 2), (0, 0), (1, 1)),
+    ((5, 5), (3, 2), (2, 1), (2, 1)),
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_patches_equal_unfold(kernel, stride, padding, dilation, channels_last):
+    """The per-offset patch copies are exactly F.unfold's columns, in the weight's (Cin, kh, kw)
+    order, with the bias's ones column last; and 1-d patches equal the 2-d ones of height 1."""
+    from ntkbench.kernels.fast import _patches
+
+    x = torch.randn(3, 4, 11, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = _patches(x, kernel, stride, padding, dilation, ones_column=True)
+    want = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
+    assert got.shape == want.shape[:2] + (want.shape[2] + 1,)
+    assert torch.equal(got[..., :-1], want)
+    assert torch.equal(got[..., -1], torch.ones(got.shape[:2]))
+    x1 = x[:, :, 0]
+    got1 = _patches(x1, kernel[1:], stride[1:], padding[1:], dilation[1:])
+    want1 = F.unfold(x1.unsqueeze(2), (1,) + kernel[1:], dilation=(1,) + dilation[1:], padding=(0,) + padding[1:],
+                     stride=(1,) + stride[1:]).transpose(1, 2)
+    assert torch.equal(got1, want1)

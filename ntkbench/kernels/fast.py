@@ -22,6 +22,7 @@ its output, so that it stays on the fast path.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -94,27 +95,25 @@ def _patches(x: torch.Tensor, kernel, stride, padding, dilation, ones_column: bo
     """Conv patches (B, L, Cin * prod(kernel)) in the weight's (Cin, k...) column order,
     with ``ones_column`` followed by a constant 1 (the bias's input).
 
-    Strided views plus one copy; much faster on CPU than ``F.unfold`` (im2col).
+    One strided copy per kernel offset, each moving whole (B, out..., Cin) slabs; 1.3-4x
+    faster on CPU than copying the 2d-dimensional window view at once (and much faster than
+    ``F.unfold``), most for few input channels and channels-last inputs.
     """
     dims = len(kernel)
     pad = []
     for p in reversed(padding):
         pad += [p, p]
     x = F.pad(x, pad) if any(padding) else x
-    for i in range(dims):
-        span = (kernel[i] - 1) * dilation[i] + 1
-        x = x.unfold(2 + i, span, stride[i])
-        if dilation[i] > 1:
-            x = x[..., :: dilation[i]]
-    # x: (B, Cin, out_1..out_d, k_1..k_d) -> (B, out..., Cin, k...)
     B, Cin = x.shape[:2]
-    order = [0] + list(range(2, 2 + dims)) + [1] + list(range(2 + dims, 2 + 2 * dims))
-    x = x.permute(order)
-    length = math.prod(x.shape[1 : 1 + dims])
-    width = math.prod(x.shape[1 + dims :])
-    out = x.new_empty((B, length, width + int(ones_column)))
-    # The strided window view goes straight into the output (one copy, bias column included).
-    out[..., :width].view(x.shape).copy_(x)
+    sizes = [(x.shape[2 + i] - (kernel[i] - 1) * dilation[i] - 1) // stride[i] + 1 for i in range(dims)]
+    taps = math.prod(kernel)
+    width = Cin * taps
+    out = x.new_empty((B, math.prod(sizes), width + int(ones_column)))
+    cols = out[..., :width].view(B, *sizes, Cin, taps)
+    x = x.movedim(1, -1)  # (B, spatial..., Cin): a view
+    for tap, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
+        window = tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in zip(offset, dilation, stride, sizes))
+        cols[..., tap].copy_(x[(slice(None),) + window])
     if ones_column:
         out[..., -1] = 1.0
     return out
@@ -160,6 +159,31 @@ def _norm_inputs(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return F.group_norm(x, mod.num_groups, None, None, mod.eps)
     shape = (1, -1) + (1,) * (x.dim() - 2)
     return (x - mod.running_mean.view(shape)) / torch.sqrt(mod.running_var.view(shape) + mod.eps)
+
+
+def _norm_grad(mod: nn.Module, delta: torch.Tensor, xhat: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample gradients (C, B, p) of a norm layer's [weight | bias], from its output
+    gradients ``delta`` (C, B, *shape) and normalised inputs ``xhat`` (B, *shape): the
+    products summed over positions (channel norms: every dim after the channel; LayerNorm:
+    every dim before the normalised ones). Reduces over those dims in place, so a
+    channels-last ``delta`` is never copied to another layout. ``out``: (C, B, p) to fill."""
+    C, B = delta.shape[:2]
+    if isinstance(mod, nn.LayerNorm):
+        dims = tuple(range(2, delta.dim() - len(mod.normalized_shape)))
+    else:
+        dims = tuple(range(3, delta.dim()))
+    # sum over an empty dim list would reduce over every dim
+    prod = (delta * xhat).sum(dims) if dims else delta * xhat
+    parts = [prod.reshape(C, B, -1)]
+    if getattr(mod, "bias", None) is not None:
+        parts.append((delta.sum(dims) if dims else delta).reshape(C, B, -1))
+    if out is None:
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+    width = parts[0].shape[2]
+    out[:, :, :width].copy_(parts[0])
+    if len(parts) > 1:
+        out[:, :, width:].copy_(parts[1])
+    return out
 
 
 def _prefer_dense(L: int, din: int, dout: int, C: int) -> bool:
@@ -212,6 +236,30 @@ class _ConvSink:
         C, B = self.res.shape[:2]
         g = self.res.view(C, B, -1).transpose(0, 1)
         return DenseGrad(g, self.layout, augmented=self.has_bias, transposed=self.transposed)
+
+
+class _NormSink:
+    """A norm layer's per-sample [weight | bias] gradients, class by class as the output
+    gradients come, into class-major (C, B, p) storage: the classes' output gradients (as
+    large as the layer's activations, each) are never stacked, and the products are never
+    formed for all classes at once (in a ResNet these copies took a third of the time)."""
+
+    def __init__(self, mod: nn.Module, xhat: torch.Tensor, C: int, layout: list) -> None:
+        self.mod, self.xhat, self.layout = mod, xhat, layout
+        p = sum(math.prod(shape) for _, shape in layout)
+        self.res = torch.empty((C, xhat.shape[0], p), dtype=xhat.dtype, device=xhat.device)
+        self.unset = set(range(C))
+
+    def add(self, c: int, delta: torch.Tensor | None) -> None:
+        if delta is None:  # the output does not reach the logits
+            return
+        _norm_grad(self.mod, delta.unsqueeze(0), self.xhat, out=self.res[c : c + 1])
+        self.unset.discard(c)
+
+    def result(self) -> DenseGrad:
+        for c in self.unset:
+            self.res[c].zero_()
+        return DenseGrad(self.res.transpose(0, 1), self.layout)
 
 
 class GradientEngine:
@@ -378,10 +426,11 @@ class GradientEngine:
     def _layout(self, fm: _FastModule) -> list[tuple[str, tuple[int, ...]]]:
         return [(n, tuple(self.params[n].shape)) for n in fm.params]
 
-    def _conv_sinks(self, live: list[_FastModule], C: int) -> dict[int, "_ConvSink"]:
-        """Sinks for the convs whose gradients are materialised (class loop, one call each):
-        keyed by the position of their output among the tensors differentiated."""
-        sinks: dict[int, _ConvSink] = {}
+    def _sinks(self, live: list[_FastModule], C: int) -> dict[int, "_ConvSink | _NormSink"]:
+        """Sinks for the modules (one call each, class loop) whose materialised gradients are
+        formed class by class: convs contracted materialised, and norm layers. Keyed by the
+        position of their output among the tensors differentiated."""
+        sinks: dict[int, _ConvSink | _NormSink] = {}
         if not self._class_loop:
             return sinks
         pos = 0
@@ -391,6 +440,8 @@ class GradientEngine:
                 a = calls[0].feat
                 if _prefer_dense(a.shape[1], a.shape[-1], mod.out_channels, C):
                     sinks[pos] = _ConvSink(a, C, mod.out_channels, self._layout(fm), len(fm.params) > 1)
+            elif len(calls) == 1 and isinstance(mod, _NORMS):
+                sinks[pos] = _NormSink(mod, calls[0].feat, C, self._layout(fm))
             pos += len(calls)
         return sinks
 
@@ -417,15 +468,7 @@ class GradientEngine:
                 parts_a.append(call.feat)
                 parts_d.append(d)
             else:
-                if isinstance(mod, nn.LayerNorm):
-                    width = math.prod(mod.normalized_shape)
-                    prod = (delta * call.feat).reshape(C, B, -1, width).sum(2)
-                    bias = delta.reshape(C, B, -1, width).sum(2)
-                else:
-                    prod = (delta * call.feat).reshape(C, B, delta.shape[2], -1).sum(-1)
-                    bias = delta.reshape(C, B, delta.shape[2], -1).sum(-1)
-                g = prod if mod.bias is None else torch.cat([prod, bias], dim=2)
-                g = g.permute(1, 0, 2)
+                g = _norm_grad(mod, delta, call.feat).permute(1, 0, 2)
                 dense = g if dense is None else dense + g
         if dense is not None:
             return DenseGrad(dense, self._layout(fm))
@@ -460,7 +503,7 @@ class GradientEngine:
         B = xb.shape[0]
         outs = [c.out for fm in live for c in fm.calls]
         pnames = [p for fm in live for p in fm.params] if verify else []
-        sinks = self._conv_sinks(live, self.mix.shape[1] if self.mix is not None else logits.shape[1])
+        sinks = self._sinks(live, self.mix.shape[1] if self.mix is not None else logits.shape[1])
         grads = self._class_grads(logits, outs, sinks) if outs else []
         if verify:
             # Autograd's parameter gradients of a *weighted* batch sum: the factorised per-sample
