@@ -121,8 +121,10 @@ def test_numpy_twin_is_bit_identical(monkeypatch):
         assert got.dtype == np.float32 and got.shape == (k1 - k0, j1 - j0)
         assert np.array_equal(got.view(np.int32), want.view(np.int32))
         want = np_rademacher(seed, name, k0, k1, j0, j1)
-        got = philox.rademacher_block(seed, name, k0, k1, j0, j1).numpy()
-        assert np.array_equal(got, want) and set(np.unique(got)) == {-1.0, 1.0}
+        for little in (True, False):  # the byte path and the word path (big-endian hosts)
+            monkeypatch.setattr(philox, "LITTLE_ENDIAN", little)
+            got = philox.rademacher_block(seed, name, k0, k1, j0, j1).numpy()
+            assert np.array_equal(got, want) and set(np.unique(got)) == {-1.0, 1.0}
 
 
 def test_entries_are_a_function_of_position_only(monkeypatch):
@@ -181,6 +183,21 @@ def test_tile_cache_does_not_change_values():
     for name, shape in layout:
         for b in range(len(small.row_blocks(shape))):
             assert torch.equal(small.tile(name, shape, b, 0), cached.tile(name, shape, b, 0)[:100])
+
+
+@pytest.mark.parametrize("proj_type", ["gaussian", "rademacher"])
+def test_float32_tiles_of_odd_sized_parameters(proj_type):
+    """Row blocks that do not end on a generator call boundary (7 x 5 = 35 entries: not a
+    multiple of 4 Gaussians or 128 signs per call) give contiguous tiles, so float32 projected
+    kernels work (they failed with a view error) and agree with float64."""
+    proj = BlockProjector(20, proj_type, 1, torch.device("cpu"), torch.float32)
+    assert proj.tile("0.weight", (5, 7), 0, 0).is_contiguous()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    x = torch.randn(6, 7)
+    k32 = kernels.compute(model, x, kind="proj-trntk", proj_dim=20, proj_type=proj_type)
+    k64 = kernels.compute(model, x, kind="proj-trntk", proj_dim=20, proj_type=proj_type, dtype=F64)
+    torch.testing.assert_close(k32.double(), k64, rtol=1e-4, atol=1e-5)
 
 
 def test_kernel_cache_on_off_identical():
