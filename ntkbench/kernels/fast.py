@@ -242,7 +242,7 @@ class _NormSink:
     """A norm layer's per-sample [weight | bias] gradients, class by class as the output
     gradients come, into class-major (C, B, p) storage: the classes' output gradients (as
     large as the layer's activations, each) are never stacked, and the products are never
-    formed for all classes at once (in a ResNet these copies took a third of the time)."""
+    formed for all classes at once (in a small ResNet these copies took 15% of the time)."""
 
     def __init__(self, mod: nn.Module, xhat: torch.Tensor, C: int, layout: list) -> None:
         self.mod, self.xhat, self.layout = mod, xhat, layout
