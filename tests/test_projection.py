@@ -15,12 +15,12 @@ import torch
 from scipy import stats
 
 from ntkbench import kernels
-from ntkbench.kernels import philox
+from ntkbench.kernels import philox, projection
 from ntkbench.kernels.api import KernelOptions
 from ntkbench.kernels.projection import BlockProjector, KroneckerProjector, kronecker_plan
 from ntkbench.kernels.reps import DenseGrad, OuterGrad
 from ntkbench.kernels.streaming import identity_options
-from tests.kernel_models import MLP, brute_jacobian
+from tests.kernel_models import MLP, SmallCNN, brute_jacobian
 
 F64 = torch.float64
 
@@ -309,3 +309,20 @@ def test_kronecker_kernel_matches_brute_force_on_an_mlp():
     want = k0 / torch.sqrt(k0.diagonal()[:, None] * k0.diagonal()[None])
     torch.testing.assert_close(got, want)
     assert (got - kernels.compute(model, x, kind="trntk", dtype=F64)).abs().max() > 1e-3  # K < P: not exact
+
+
+@pytest.mark.parametrize("build,shape", [(MLP, (6,)), (SmallCNN, (1, 8, 8))])
+def test_kronecker_kernel_does_not_depend_on_the_path(build, shape):
+    """The fast path (Linear layers factorised, convs materialised) and the generic one (all
+    materialised) give the same Kronecker kernel: a weight and its bias are one [W | b] block
+    on both (v1 split them where materialised: a different estimator per path)."""
+    torch.manual_seed(0)
+    model, x, y = build(), torch.randn((9,) + shape), torch.randn((4,) + shape)
+    for args in ((x,), (y, x)):
+        fast = kernels.compute(model, *args, kind="proj-trntk", proj_type="kronecker", proj_dim=60, seed=1, dtype=F64)
+        generic = kernels.compute(model, *args, kind="proj-trntk", proj_type="kronecker", proj_dim=60, seed=1,
+                                  dtype=F64, impl="generic")
+        torch.testing.assert_close(fast, generic, rtol=1e-10, atol=1e-12)
+    ident = json.loads(identity_options(KernelOptions(kind="proj-trntk", proj_type="kronecker")))
+    assert ident["proj_estimator"] == projection.KRONECKER_ESTIMATOR
+    assert "proj_estimator" not in json.loads(identity_options(KernelOptions(kind="proj-trntk")))

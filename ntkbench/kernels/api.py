@@ -23,7 +23,7 @@ from .fast import IMPLS, GradientEngine
 from .forward import checked_forward, eval_mode, kernel_device
 from .generic import class_scale, functional_state
 from .inputs import as_input_tensor, cast_input, iter_batches
-from .projection import GENERATOR, PROJ_TYPES, BlockProjector, KroneckerProjector, make_projector
+from .projection import GENERATOR, KRONECKER_ESTIMATOR, PROJ_TYPES, BlockProjector, KroneckerProjector, make_projector
 from .reps import DenseGrad, GradRep, concat_reps, contract, prepare, self_kernel
 from .threads import thread_budget
 
@@ -130,11 +130,14 @@ class KernelOptions:
         return None if self.proj_cache_mb is None else self.proj_cache_mb << 20
 
     def to_json(self) -> str:
-        """All options, plus for projected kinds the random generator's version, so that a
-        kernel file drawn with another generator is never taken for this one."""
+        """All options, plus for projected kinds the random generator's version (and for the
+        Kronecker projection its block structure's), so that a kernel file drawn with another
+        generator or estimator is never taken for this one."""
         data = asdict(self)
         if self.info.projected:
             data["proj_generator"] = GENERATOR
+            if self.proj_type == "kronecker":
+                data["proj_estimator"] = KRONECKER_ESTIMATOR
         return json.dumps(data, sort_keys=True)
 
     @classmethod

@@ -47,10 +47,14 @@ from .philox import GENERATOR, gaussian_block, rademacher_block
 from .reps import DenseGrad, GradRep, OuterGrad
 
 __all__ = ["PROJ_TYPES", "DENSE_PROJ_TYPES", "GENERATOR", "BLOCK_ELEMENTS", "TILE_K", "BlockProjector",
-           "KroneckerProjector", "make_projector", "default_cache_bytes", "kronecker_plan"]
+           "KroneckerProjector", "make_projector", "default_cache_bytes", "kronecker_plan", "KRONECKER_ESTIMATOR"]
 
 DENSE_PROJ_TYPES = ("gaussian", "rademacher")  # i.i.d. entries: the paper's estimator
 PROJ_TYPES = DENSE_PROJ_TYPES + ("kronecker",)
+# Version of the Kronecker estimator's block structure, part of a kronecker kernel's identity.
+# v2: a weight and its bias are one [W | b] block on every path (v1 split them where the
+# gradients were materialised, so the fast and generic paths gave different kernels).
+KRONECKER_ESTIMATOR = "kronecker-blocks/v2"
 BLOCK_ELEMENTS = 1 << 16  # parameter entries per row block (rounded to whole rows)
 TILE_K = 256  # projection outputs per tile
 _MAX_TEMP = 1 << 25  # elements of the largest temporary a projection step may create
@@ -298,8 +302,10 @@ class KroneckerProjector:
     R_out (k_out x dout) and R_in (k_in x din) i.i.d. N(0, 1): i.e. R = R_out (x) R_in applied
     to vec(G), never formed. Inputs and output gradients are projected separately, so the
     cost is O(N L (din k_in + C dout k_out + C k_out k_in)) instead of O(C N K P).
-    Blocks are concatenated over layers; every other parameter (norm scales, unfactorised
-    biases; a materialised matrix parameter is still factorised) gets a dense Gaussian block.
+    Blocks are concatenated over layers; every other parameter (norm scales, biases without
+    their weight) gets a dense Gaussian block. A materialised weight (convs, the generic path)
+    is still factorised, with its bias as the last column as above, so the blocks and hence
+    the kernel do not depend on which path computed a layer (:data:`KRONECKER_ESTIMATOR`).
 
     Dimensions. ``proj_dim`` = K is split equally among the blocks (capped at the size that
     makes a block exact, the rest shared among the others) and a block's share K_b is
@@ -348,20 +354,42 @@ class KroneckerProjector:
         return self._factors[key]
 
     @staticmethod
-    def _pieces(reps: list[GradRep]) -> list[tuple[str, int, int, GradRep, int | None]]:
-        """(block name, rows, cols, rep, offset of a dense piece in rep.canonical() or None
-        for a factorised OuterGrad) for every block of ``reps``."""
+    def _pieces(reps: list[GradRep]) -> list[tuple[str, int, int, GradRep, tuple[int, int | None] | None]]:
+        """(block name, rows, cols, rep, where) for every block of ``reps``: ``where`` is None
+        for a factorised OuterGrad, else the offsets (weight, bias or None) of the block's
+        entries in the rep's canonical (B, C, p) gradients.
+
+        The blocks do not depend on how the gradients were computed: a weight (2-D or more)
+        followed in the layout by its own bias (``<module>.bias``, one entry per row) is one
+        [W | b] block, exactly as a factorised layer's weight with the ones column of its
+        inputs; every other parameter is its own block. (So the fast path and the generic
+        one, which may compute the same layer as an OuterGrad or as a DenseGrad, give the
+        same estimator.)"""
         out = []
         for rep in reps:
             if isinstance(rep, OuterGrad) and rep.idx is None and not rep.transposed:
                 out.append((rep.weight[0], rep.dout, rep.din, rep, None))
                 continue
-            offset = 0
+            offsets, offset = [], 0
             for name, shape in rep.layout:
-                numel = math.prod(shape)
-                rows, cols = _rows(shape) if len(shape) >= 2 else (numel, 1)
-                out.append((name, rows, cols, rep, offset))
-                offset += numel
+                offsets.append(offset)
+                offset += math.prod(shape)
+            i, layout = 0, rep.layout
+            while i < len(layout):
+                name, shape = layout[i]
+                if len(shape) < 2:
+                    out.append((name, math.prod(shape), 1, rep, (offsets[i], None)))
+                    i += 1
+                    continue
+                rows, cols = _rows(shape)
+                nxt = layout[i + 1] if i + 1 < len(layout) else None
+                if (nxt is not None and name.endswith("weight") and nxt[0] == name[: -len("weight")] + "bias"
+                        and tuple(nxt[1]) == (rows,)):
+                    out.append((name, rows, cols + 1, rep, (offsets[i], offsets[i + 1])))
+                    i += 2
+                else:
+                    out.append((name, rows, cols, rep, (offsets[i], None)))
+                    i += 1
         return out
 
     def project(self, rep: GradRep) -> torch.Tensor:
@@ -386,10 +414,10 @@ class KroneckerProjector:
         dims = {name: (k_out, k_in) for name, _, _, k_out, k_in in plan}
         dense_cache: dict[int, torch.Tensor] = {}
         feats: dict[str, torch.Tensor] = {}
-        for name, rows, cols, rep, offset in pieces:
+        for name, rows, cols, rep, where in pieces:
             B, C = rep.batch, rep.num_classes
             k_out, k_in = dims[name]
-            if offset is None:  # factorised: project inputs and output gradients separately
+            if where is None:  # factorised: project inputs and output gradients separately
                 a = rep.a @ self.factor(name, "in", k_in, cols).T  # (B, L, k_in)
                 d = rep.d @ self.factor(name, "out", k_out, rows).T  # (B, C, L, k_out)
                 if rep.positions > 1:
@@ -399,12 +427,17 @@ class KroneckerProjector:
             else:
                 if id(rep) not in dense_cache:
                     dense_cache[id(rep)] = rep.canonical() if isinstance(rep, DenseGrad) else rep.dense()
-                g = dense_cache[id(rep)][:, :, offset : offset + rows * cols]
+                full = dense_cache[id(rep)]
+                at, bias_at = where
                 if cols == 1:  # dense Gaussian block
-                    f = g @ self.factor(name, "dense", k_out, rows).T
+                    f = full[:, :, at : at + rows] @ self.factor(name, "dense", k_out, rows).T
                 else:
+                    width = cols - (bias_at is not None)
+                    g = full[:, :, at : at + rows * width].reshape(B * C, rows, width)
+                    if bias_at is not None:  # [W | b], as the ones column of a factorised layer
+                        g = torch.cat([g, full[:, :, bias_at : bias_at + rows].reshape(B * C, rows, 1)], dim=2)
                     r_in, r_out = self.factor(name, "in", k_in, cols), self.factor(name, "out", k_out, rows)
-                    f = r_out @ (g.reshape(B * C, rows, cols) @ r_in.T)  # (B*C, k_out, k_in)
+                    f = r_out @ (g @ r_in.T)  # (B*C, k_out, k_in)
             f = f.reshape(B, C, k_out * k_in)
             feats[name] = f if name not in feats else feats[name] + f
         scale = {name: 1.0 / math.sqrt(k_out * k_in) for name, _, _, k_out, k_in in plan}
