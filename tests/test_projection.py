@@ -200,6 +200,21 @@ def test_float32_tiles_of_odd_sized_parameters(proj_type):
     torch.testing.assert_close(k32.double(), k64, rtol=1e-4, atol=1e-5)
 
 
+def test_projection_chunks_do_not_change_values(monkeypatch):
+    """Samples are projected in chunks of at most the device's budget of gradients (a quarter
+    of a GPU's free memory, 1 GiB on the CPU): a tiny budget (one batch per chunk, R's tiles
+    drawn again per chunk) gives the same kernel."""
+    import importlib
+
+    api = importlib.import_module("ntkbench.kernels.api")
+    torch.manual_seed(0)
+    model, x, y = MLP(), torch.randn(9, 6), torch.randn(4, 6)
+    opts = dict(kind="proj-trntk", proj_dim=300, seed=2, batch_size=3, dtype=F64, proj_cache_mb=0)
+    whole = kernels.compute(model, x, y, **opts)
+    monkeypatch.setattr(api, "default_cache_bytes", lambda device: 1)
+    torch.testing.assert_close(kernels.compute(model, x, y, **opts), whole, rtol=1e-12, atol=1e-14)
+
+
 def test_kernel_cache_on_off_identical():
     torch.manual_seed(0)
     model, x, y = MLP(), torch.randn(9, 6), torch.randn(4, 6)

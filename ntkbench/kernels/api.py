@@ -23,7 +23,9 @@ from .fast import IMPLS, GradientEngine
 from .forward import checked_forward, eval_mode, kernel_device
 from .generic import class_scale, functional_state
 from .inputs import as_input_tensor, cast_input, iter_batches
-from .projection import GENERATOR, KRONECKER_ESTIMATOR, PROJ_TYPES, BlockProjector, KroneckerProjector, make_projector
+from .projection import (
+    GENERATOR, KRONECKER_ESTIMATOR, PROJ_TYPES, BlockProjector, KroneckerProjector, default_cache_bytes, make_projector,
+)
 from .reps import DenseGrad, GradRep, concat_reps, contract, prepare, self_kernel
 from .threads import thread_budget
 
@@ -167,11 +169,16 @@ def check_finite(values: torch.Tensor, what: str) -> None:
 class _ProjectedSource:
     """Projected gradients R g^c as one dense part. R's tiles are generated on the device once
     per chunk of samples, or once in all when they fit the projector's cache budget
-    (``KernelOptions.proj_cache_mb``); a chunk is as large as the memory budget allows so that
-    the cost is amortised (for N = 1000 MLP/CNN features: one chunk)."""
+    (``KernelOptions.proj_cache_mb``); a chunk holds as many samples' gradients as
+    ``chunk_bytes`` allows, so that the cost is amortised (for N = 1000 MLP/CNN features: one
+    chunk). The budget follows the device (:func:`.projection.default_cache_bytes`: 1 GiB on
+    the CPU, a quarter of the free memory on a GPU): with ResNet18's materialised gradients
+    (447 MB per sample) a fixed 1 GiB would redraw all of R every two samples."""
 
-    def __init__(self, engine: GradientEngine, projector: BlockProjector | KroneckerProjector, batch_size: int):
+    def __init__(self, engine: GradientEngine, projector: BlockProjector | KroneckerProjector, batch_size: int,
+                 chunk_bytes: int):
         self.engine, self.projector, self.batch_size = engine, projector, batch_size
+        self.chunk_bytes = chunk_bytes
 
     def _project(self, pending: dict[str, list[GradRep]]) -> torch.Tensor:
         # All groups in one pass: every tile of R is generated once for the whole chunk.
@@ -185,7 +192,7 @@ class _ProjectedSource:
             for group, reps in self.engine.reps(sub).items():
                 pending.setdefault(group, []).extend(reps)
                 size += sum(r.nbytes() for r in reps)
-            if size >= CACHE_BYTES // 2:
+            if size >= self.chunk_bytes:
                 outs.append(self._project(pending))
                 pending, size = {}, 0
         if pending:
@@ -213,7 +220,7 @@ def make_source(model: nn.Module, opts: KernelOptions, device: torch.device, pro
     engine = GradientEngine(model, params, others, impl=opts.impl, mix=mix)
     if opts.info.projected:
         projector = make_projector(opts.proj_dim, opts.proj_type, opts.seed, device, dtype, opts.proj_cache_bytes)
-        return _ProjectedSource(engine, projector, opts.batch_size)
+        return _ProjectedSource(engine, projector, opts.batch_size, default_cache_bytes(device))
     return engine
 
 
