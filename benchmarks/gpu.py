@@ -210,15 +210,29 @@ def part_resnet18(device: torch.device, quick: bool) -> None:
     hours = (a * formed + b * entries) / 3600
     say(f"Paper kernels (50,000 x 50,000 train, 10,000 x 50,000 test), block {block}: {formed:.2e} gradient "
         f"formations, {entries:.2e} entries -> **{hours:.1f} GPU-hours** (paper: 389 A100-hours).")
-    K = 256 if quick else 10240
-    kernels.compute(model, x[:4], kind="proj-trntk", proj_dim=K, device=device)
-    _, t_p = timed(lambda: kernels.compute(model, x[:B], kind="proj-trntk", proj_dim=K, device=device), device)
-    # compute_to_hdf5 projects each sample once per kernel (its diagonal pass stores the (C, K)
-    # features): train for train x train, test and train again for test x train. The Grams of
-    # those features are small next to forming and projecting them.
-    hours_p = t_p / B * (2 * N + M) / 3600
-    say(f"proj-trntk (K = {K}): {t_p:.2f} s for {B} samples -> **{hours_p:.2f} GPU-hours** for the "
-        f"{2 * N + M:,} projections of the two kernels (paper: 1.12 A100-hours).")
+    # proj-trntk at K = 10240 from two small runs at K0 = 1024 (each one chunk of samples):
+    # t(n) = t_R + n t_s, with t_R drawing R (proportional to K) and t_s forming one sample's
+    # gradients (a, from above) plus projecting them (proportional to K). R does not fit in
+    # memory (K P floats = 458 GB at paper size), so it is drawn again for every chunk; the
+    # tile cache (a quarter of free memory) is ignored, so this is an upper bound.
+    K0, K = (64, 256) if quick else (1024, 10240)
+    n1, n2 = (2, 4) if quick else (4, 12)
+    kernels.compute(model, x[:2], kind="proj-trntk", proj_dim=K0, device=device)
+    t_a = timed(lambda: kernels.compute(model, x[:n1], kind="proj-trntk", proj_dim=K0, device=device), device)[1]
+    t_b = timed(lambda: kernels.compute(model, x[:n2], kind="proj-trntk", proj_dim=K0, device=device), device)[1]
+    t_s0 = (t_b - t_a) / (n2 - n1)
+    t_r0 = t_a - n1 * t_s0
+    scale = K / K0
+    t_s = a + (t_s0 - a) * scale
+    t_r = t_r0 * scale
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 1 << 30
+    chunk = max(1, min(2048, int(free / 4 // (10 * P * 4))))  # the projection's chunk budget; block_size 2048
+    chunks = 2 * math.ceil(N / chunk) + math.ceil(M / chunk)  # train (twice: both kernels) and test
+    hours_p = (chunks * t_r + (2 * N + M) * t_s) / 3600
+    say(f"proj-trntk at K = {K0}: {t_a:.2f} s for {n1} samples, {t_b:.2f} s for {n2} -> drawing R {t_r0:.2f} s, "
+        f"{t_s0 * 1e3:.1f} ms per sample; at K = {K}: R {t_r:.1f} s per chunk of {chunk} samples, "
+        f"{t_s * 1e3:.1f} ms per sample -> **{hours_p:.2f} GPU-hours** for the {2 * N + M:,} projections "
+        f"({chunks} chunks) of the two kernels (paper: 1.12 A100-hours).")
 
 
 def main() -> None:
