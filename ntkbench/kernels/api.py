@@ -79,9 +79,7 @@ class KernelOptions:
                 raise ValueError(f"proj_dim must be a positive integer, got {self.proj_dim!r}")
             if self.proj_type not in PROJ_TYPES:
                 raise ValueError(f"unknown proj_type {self.proj_type!r}; valid: {', '.join(PROJ_TYPES)}")
-        if self.proj_cache_mb is not None and (isinstance(self.proj_cache_mb, bool) or not isinstance(self.proj_cache_mb, int)
-                                               or self.proj_cache_mb < 0):
-            raise ValueError(f"proj_cache_mb must be None (default budget) or an integer >= 0, got {self.proj_cache_mb!r}")
+        check_budget_mb("proj_cache_mb", self.proj_cache_mb)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.impl not in IMPLS:
@@ -153,6 +151,12 @@ class KernelOptions:
 
 class NonFiniteKernelError(FloatingPointError):
     """A computed kernel holds NaN or inf; the message says which kernel and where."""
+
+
+def check_budget_mb(name: str, value: Any) -> None:
+    """A memory budget option in MB: None (the default budget) or an integer >= 0."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{name} must be None (default budget) or an integer >= 0, got {value!r}")
 
 
 def check_finite(values: torch.Tensor, what: str) -> None:

@@ -33,6 +33,7 @@ from .api import (
     _nbytes,
     block_diag,
     block_kernel,
+    check_budget_mb,
     check_same_sample_shape,
     make_source,
     normalise,
@@ -114,9 +115,7 @@ def compute_to_hdf5(
     options.pop("layerwise", None)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    if feature_cache_mb is not None and (isinstance(feature_cache_mb, bool) or not isinstance(feature_cache_mb, int)
-                                         or feature_cache_mb < 0):
-        raise ValueError(f"feature_cache_mb must be None (default budget) or an integer >= 0, got {feature_cache_mb!r}")
+    check_budget_mb("feature_cache_mb", feature_cache_mb)
     cache_budget = CACHE_BYTES // 2 if feature_cache_mb is None else feature_cache_mb << 20
     device = options.pop("device", None)
     dtype = options.pop("dtype", torch.float32)
