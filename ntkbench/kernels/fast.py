@@ -161,12 +161,12 @@ def _norm_inputs(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (x - mod.running_mean.view(shape)) / torch.sqrt(mod.running_var.view(shape) + mod.eps)
 
 
-def _norm_grad(mod: nn.Module, delta: torch.Tensor, xhat: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def _norm_grad(mod: nn.Module, delta: torch.Tensor, xhat: torch.Tensor) -> torch.Tensor:
     """Per-sample gradients (C, B, p) of a norm layer's [weight | bias], from its output
     gradients ``delta`` (C, B, *shape) and normalised inputs ``xhat`` (B, *shape): the
     products summed over positions (channel norms: every dim after the channel; LayerNorm:
     every dim before the normalised ones). Reduces over those dims in place, so a
-    channels-last ``delta`` is never copied to another layout. ``out``: (C, B, p) to fill."""
+    channels-last ``delta`` is never copied to another layout."""
     C, B = delta.shape[:2]
     if isinstance(mod, nn.LayerNorm):
         dims = tuple(range(2, delta.dim() - len(mod.normalized_shape)))
@@ -177,13 +177,7 @@ def _norm_grad(mod: nn.Module, delta: torch.Tensor, xhat: torch.Tensor, out: tor
     parts = [prod.reshape(C, B, -1)]
     if getattr(mod, "bias", None) is not None:
         parts.append((delta.sum(dims) if dims else delta).reshape(C, B, -1))
-    if out is None:
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-    width = parts[0].shape[2]
-    out[:, :, :width].copy_(parts[0])
-    if len(parts) > 1:
-        out[:, :, width:].copy_(parts[1])
-    return out
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
 def _prefer_dense(L: int, din: int, dout: int, C: int) -> bool:
@@ -198,7 +192,31 @@ def _prefer_dense(L: int, din: int, dout: int, C: int) -> bool:
     return all(L * L * (din + c * dout) > 2 * c * din * dout for c in (C, C * C))
 
 
-class _ConvSink:
+class _ClassSink:
+    """Per-sample gradients of one module, formed class by class as the output gradients come
+    (:meth:`GradientEngine._class_grads`) into class-major storage ``res`` (C, B, ...). A
+    class whose output gradient is None (the module does not reach that logit) stays zero."""
+
+    def __init__(self, res: torch.Tensor) -> None:
+        self.res = res
+        self.unset = set(range(res.shape[0]))
+
+    def add(self, c: int, delta: torch.Tensor | None) -> None:
+        if delta is None:
+            return
+        self._write(c, delta)
+        self.unset.discard(c)
+
+    def _write(self, c: int, delta: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _filled(self) -> torch.Tensor:
+        for c in self.unset:
+            self.res[c].zero_()
+        return self.res
+
+
+class _ConvSink(_ClassSink):
     """Materialises a conv's per-sample gradients class by class from the output gradients
     (B, dout, L...) and the patches a (B, L, din): one bmm per class straight into
     class-major (C, B, dout, din) storage, nothing copied (see :class:`DenseGrad`). With a
@@ -217,28 +235,23 @@ class _ConvSink:
         B, _, din = a.shape
         self.transposed = din < dout
         shape = (C, B, din, dout) if self.transposed else (C, B, dout, din)
-        self.res = torch.empty(shape, dtype=a.dtype, device=a.device)
-        self.unset = set(range(C))
+        super().__init__(torch.empty(shape, dtype=a.dtype, device=a.device))
 
-    def add(self, c: int, delta: torch.Tensor | None) -> None:
-        if delta is None:  # the output does not reach the logits
-            return
+    def _write(self, c: int, delta: torch.Tensor) -> None:
         d = delta.reshape(delta.shape[0], delta.shape[1], -1)  # (B, dout, L)
         if self.transposed:
             torch.bmm(self.a.transpose(1, 2), d.transpose(1, 2), out=self.res[c])
         else:
             torch.bmm(d, self.a, out=self.res[c])
-        self.unset.discard(c)
 
     def result(self) -> DenseGrad:
-        for c in self.unset:
-            self.res[c].zero_()
-        C, B = self.res.shape[:2]
-        g = self.res.view(C, B, -1).transpose(0, 1)
+        res = self._filled()
+        C, B = res.shape[:2]
+        g = res.view(C, B, -1).transpose(0, 1)
         return DenseGrad(g, self.layout, augmented=self.has_bias, transposed=self.transposed)
 
 
-class _NormSink:
+class _NormSink(_ClassSink):
     """A norm layer's per-sample [weight | bias] gradients, class by class as the output
     gradients come, into class-major (C, B, p) storage: the classes' output gradients (as
     large as the layer's activations, each) are never stacked, and the products are never
@@ -247,19 +260,13 @@ class _NormSink:
     def __init__(self, mod: nn.Module, xhat: torch.Tensor, C: int, layout: list) -> None:
         self.mod, self.xhat, self.layout = mod, xhat, layout
         p = sum(math.prod(shape) for _, shape in layout)
-        self.res = torch.empty((C, xhat.shape[0], p), dtype=xhat.dtype, device=xhat.device)
-        self.unset = set(range(C))
+        super().__init__(torch.empty((C, xhat.shape[0], p), dtype=xhat.dtype, device=xhat.device))
 
-    def add(self, c: int, delta: torch.Tensor | None) -> None:
-        if delta is None:  # the output does not reach the logits
-            return
-        _norm_grad(self.mod, delta.unsqueeze(0), self.xhat, out=self.res[c : c + 1])
-        self.unset.discard(c)
+    def _write(self, c: int, delta: torch.Tensor) -> None:
+        self.res[c] = _norm_grad(self.mod, delta.unsqueeze(0), self.xhat)[0]  # (B, p): small
 
     def result(self) -> DenseGrad:
-        for c in self.unset:
-            self.res[c].zero_()
-        return DenseGrad(self.res.transpose(0, 1), self.layout)
+        return DenseGrad(self._filled().transpose(0, 1), self.layout)
 
 
 class GradientEngine:
@@ -385,7 +392,7 @@ class GradientEngine:
                 h.remove()
 
     def _class_grads(
-        self, logits: torch.Tensor, tensors: list[torch.Tensor], sinks: dict[int, "_ConvSink"] | None = None,
+        self, logits: torch.Tensor, tensors: list[torch.Tensor], sinks: dict[int, _ClassSink] | None = None,
         weights: torch.Tensor | None = None,
     ) -> list:
         """d(sum_b w_b sum_c mix[c,c'] F^c_b)/d t for every t, stacked over c' as (C', *t.shape)
@@ -426,11 +433,11 @@ class GradientEngine:
     def _layout(self, fm: _FastModule) -> list[tuple[str, tuple[int, ...]]]:
         return [(n, tuple(self.params[n].shape)) for n in fm.params]
 
-    def _sinks(self, live: list[_FastModule], C: int) -> dict[int, "_ConvSink | _NormSink"]:
+    def _sinks(self, live: list[_FastModule], C: int) -> dict[int, _ClassSink]:
         """Sinks for the modules (one call each, class loop) whose materialised gradients are
         formed class by class: convs contracted materialised, and norm layers. Keyed by the
         position of their output among the tensors differentiated."""
-        sinks: dict[int, _ConvSink | _NormSink] = {}
+        sinks: dict[int, _ClassSink] = {}
         if not self._class_loop:
             return sinks
         pos = 0
