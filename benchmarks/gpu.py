@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import math
 import pathlib
 import tempfile
@@ -44,18 +43,9 @@ from ntkbench.kernels import philox
 from ntkbench.kernels.reps import STATS
 from ntkbench.models import build
 
-HERE = pathlib.Path(__file__).resolve().parent
+import kernels as bench  # benchmarks/kernels.py (this script's directory), not ntkbench.kernels
+
 F64 = torch.float64
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"ntkbench_bench_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BENCH = _load("kernels")
 LINES: list[str] = []
 
 
@@ -113,7 +103,7 @@ def part_identity(device: torch.device) -> bool:
             same = torch.equal(cpu, dev)
             ok &= same
             say(f"| {gen.__name__} | {name} | R[{k0}:{k1}, {j0}:{j1}] | {'✓' if same else '✗'} |")
-    model, x = BENCH.family_member("mlp-d3-w100", 40)
+    model, x = bench.family_member("mlp-d3-w100", 40)
     for proj_type in ("gaussian", "rademacher"):
         k_cpu = kernels.compute(model, x, kind="proj-trntk", proj_dim=300, proj_type=proj_type, dtype=F64)
         k_dev = kernels.compute(model, x, kind="proj-trntk", proj_dim=300, proj_type=proj_type, dtype=F64, device=device)
@@ -129,7 +119,7 @@ def part_exact(device: torch.device, names: list[str]) -> None:
     say("| model | kind | TF32 off | TF32 on |")
     say("| --- | --- | ---: | ---: |")
     for name in names:
-        model, x = BENCH.family_member(name, 48)
+        model, x = bench.family_member(name, 48)
         kinds = ["trntk", "proj-trntk"] + (["entk"] if name.startswith("mlp") or "tiny" in name else [])
         for kind in kinds:
             opts = {"proj_dim": 512} if kind.startswith("proj") else {}
@@ -146,7 +136,7 @@ def part_speed(device: torch.device, names: list[str], scale: float, quick: bool
     say("| model | P | N | TF32 off | GFLOP/s | entries/s | TF32 on | GFLOP/s | entries/s |")
     say("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in names:
-        model, x = BENCH.family_member(name)
+        model, x = bench.family_member(name)
         x = x[: max(16, int(x.shape[0] * scale))]
         N, P = x.shape[0], sum(p.numel() for p in model.parameters())
         kernels.compute(model, x[:16], kind="trntk", device=device)  # warm-up
@@ -159,7 +149,7 @@ def part_speed(device: torch.device, names: list[str], scale: float, quick: bool
             cells += [f"{t:.3f} s", f"{flops / t / 1e9:.0f}", f"{N * N / t:.2e}"]
         say(f"| {name} | {P:,} | {N} | " + " | ".join(cells) + " |")
     n = 200 if quick else 1000
-    model, x = BENCH.mlp().eval(), torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    model, x = bench.mlp().eval(), torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     kernels.compute(model, x[:16], kind="proj-trntk", proj_dim=64, device=device)
     _, t_exact = timed(lambda: kernels.compute(model, x, kind="trntk", device=device), device, 2)
     K = 1024 if quick else 10240
@@ -247,7 +237,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("CUDA is not available here; run with --device cpu --quick to check the script")
-    names = list(BENCH.FAMILY) if args.family == "all" else args.family.split(",")
+    names = list(bench.FAMILY) if args.family == "all" else args.family.split(",")
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     say(f"<!-- {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {what}, torch {torch.__version__}, "
         f"generator {philox.GENERATOR} -->\n")

@@ -36,13 +36,7 @@ from ntkbench.kernels import philox
 from ntkbench.kernels.forward import trainable_parameters
 from ntkbench.kernels.projection import kronecker_plan
 
-
-def mlp() -> nn.Module:
-    """The benchmark MLP of benchmarks/kernels.py (P = 99,710)."""
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(),
-        nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10),
-    )
+import kernels as bench  # benchmarks/kernels.py (this script's directory), not ntkbench.kernels
 
 
 def small_cnn() -> nn.Module:
@@ -106,7 +100,7 @@ def part_generator(repeat: int) -> None:
 
 def part_cache(n: int, proj_dim: int, cache_mb: int) -> None:
     torch.manual_seed(0)
-    model = mlp()
+    model = bench.mlp()
     P = sum(p.numel() for p in trainable_parameters(model).values())
     x = torch.randn(n, 1, 28, 28)
     y = torch.randn(max(1, n // 5), 1, 28, 28)
@@ -140,7 +134,7 @@ def part_error(n: int, ks: list[int], seeds: list[int], methods: list[str]) -> N
     print("| model | P | K | method | features | max abs err | mean abs err | time |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     torch.manual_seed(0)
-    cases = [("MLP, random inputs", mlp(), torch.randn(n, 1, 28, 28)), ("CNN, digits 8x8", small_cnn(), digits(n))]
+    cases = [("MLP, random inputs", bench.mlp(), torch.randn(n, 1, 28, 28)), ("CNN, digits 8x8", small_cnn(), digits(n))]
     for label, model, x in cases:
         P = sum(p.numel() for p in trainable_parameters(model).values())
         exact, t = timed(lambda: kernels.compute(model, x, kind="trntk", device=DEVICE))

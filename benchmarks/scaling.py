@@ -47,15 +47,15 @@ from ntkbench import kernels
 from ntkbench.kernels.streaming import compute_to_hdf5
 from ntkbench.kernels.threads import resolve_threads
 
+import kernels as bench  # benchmarks/kernels.py (this script's directory), not ntkbench.kernels
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def mlp(seed: int = 0) -> nn.Module:
+    """The benchmark MLP of benchmarks/kernels.py (P = 99,710), seeded, in eval mode."""
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(),
-        nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10),
-    ).eval()
+    return bench.mlp().eval()
 
 
 def inputs(n: int, seed: int = 1) -> torch.Tensor:
