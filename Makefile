@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install dry-run bench clean-results report
+.PHONY: run test install dry-run bench clean-results report verify
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ run: $(STAMP)
 # A self-contained HTML report of every table and figure (opens offline), from the last run.
 report: $(STAMP)
 	$(BIN)/snakemake --cores 1 --report results/report.html
+
+# Check every artifact under results/ against its checksum and provenance (the project's scrub);
+# lists what is damaged and how to recompute it, deletes nothing. Exit 1 when anything is damaged.
+RESULTS ?= results
+verify: $(STAMP)
+	$(BIN)/python -m ntkbench.stages.verify $(RESULTS)
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES)

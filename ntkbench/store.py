@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ntkbench.integrity import CorruptFileError, recompute_hint
+
 __all__ = [
     "KernelRecord",
     "read_kernel",
@@ -37,6 +39,10 @@ __all__ = [
     "IncompatibleKernelFile",
     "KernelCheckError",
     "check_kernel",
+    "CHECKSUMMED",
+    "VALUE_DATASETS",
+    "read_dataset",
+    "decode_attr",
 ]
 
 # Attributes that must match for a partial group to be resumed.
@@ -44,6 +50,14 @@ IDENTITY_KEYS = (
     "kind", "identity_options", "model_fingerprint", "data_fingerprint_x", "data_fingerprint_y",
     "block_size", "kernel_shape", "same_data",
 )
+
+
+# HDF5's fletcher32 filter: a checksum per chunk, written with the chunk and verified by HDF5 on
+# every read of it, so bit-rot in a kernel value is a read error, never a plausible number.
+CHECKSUMMED: dict[str, Any] = {"fletcher32": True}
+
+# The datasets that hold kernel values; each must carry the checksum.
+VALUE_DATASETS = ("kernel", "diag_x", "diag_y", "features_x", "features_y")
 
 
 class IncompatibleKernelFile(ValueError):
@@ -88,7 +102,8 @@ def _attr_value(value: Any) -> Any:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _decode(value: Any) -> Any:
+def decode_attr(value: Any) -> Any:
+    """An HDF5 attribute value as Python: bytes decoded, numpy scalars unwrapped."""
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, np.generic):
@@ -124,8 +139,11 @@ def open_kernel_group(
     wanted = {k: _attr_value(identity[k]) for k in IDENTITY_KEYS}
     if group in f:
         grp = f[group]
-        stored = {k: _decode(grp.attrs.get(k)) for k in IDENTITY_KEYS}
+        stored = {k: decode_attr(grp.attrs.get(k)) for k in IDENTITY_KEYS}
         diffs = [f"{k}: file has {stored[k]!r}, requested {wanted[k]!r}" for k in IDENTITY_KEYS if stored[k] != wanted[k]]
+        unchecked = [name for name in VALUE_DATASETS if name in grp and not grp[name].fletcher32]
+        if unchecked:  # written by an older ntkbench: blocks added now would be checksummed, the rest not
+            diffs.append(f"datasets {unchecked} carry no fletcher32 checksums")
         if diffs:
             raise IncompatibleKernelFile(
                 f"{f.filename}:{group} holds a kernel computed with different settings, refusing to resume; "
@@ -133,9 +151,9 @@ def open_kernel_group(
             )
         return grp, True
     grp = f.create_group(group)
-    grp.create_dataset("kernel", shape=kernel_shape, dtype=dtype, chunks=_chunks(kernel_shape, block_size))
-    grp.create_dataset("diag_x", shape=diag_shape_x, dtype=dtype)
-    grp.create_dataset("diag_y", shape=diag_shape_y, dtype=dtype)
+    grp.create_dataset("kernel", shape=kernel_shape, dtype=dtype, chunks=_chunks(kernel_shape, block_size), **CHECKSUMMED)
+    grp.create_dataset("diag_x", shape=diag_shape_x, dtype=dtype, chunks=True, **CHECKSUMMED)
+    grp.create_dataset("diag_y", shape=diag_shape_y, dtype=dtype, chunks=True, **CHECKSUMMED)
     grp.create_dataset("diag_done", shape=(num_blocks[0] + (0 if identity["same_data"] else num_blocks[1]),), dtype=np.uint8)
     grp.create_dataset("blocks_done", shape=num_blocks, dtype=np.uint8)
     for key, value in wanted.items():
@@ -189,7 +207,7 @@ def read_kernel(path: str | os.PathLike, group: str = "kernel", allow_incomplete
                              f"(no {', '.join(missing)})")
         attrs: dict[str, Any] = {}
         for key, value in grp.attrs.items():
-            value = _decode(value)
+            value = decode_attr(value)
             if isinstance(value, str) and value[:1] in "[{":
                 try:
                     value = json.loads(value)
@@ -198,10 +216,19 @@ def read_kernel(path: str | os.PathLike, group: str = "kernel", allow_incomplete
             attrs[key] = value
         if not attrs.get("complete", False) and not allow_incomplete:
             raise ValueError(f"{path}:{group} is incomplete (an interrupted computation); resume it first")
-        try:
-            return KernelRecord(grp["kernel"][...], grp["diag_x"][...], grp["diag_y"][...], attrs)
-        except OSError as err:
-            raise ValueError(f"{path}:{group}: the kernel data cannot be read (truncated or corrupt?): {err}") from err
+        return KernelRecord(read_dataset(grp["kernel"], ..., path), read_dataset(grp["diag_x"], ..., path),
+                            read_dataset(grp["diag_y"], ..., path), attrs)
+
+
+def read_dataset(ds: h5py.Dataset, selection: Any, path: str | os.PathLike) -> np.ndarray:
+    """``ds[selection]``; a read error (a chunk whose fletcher32 checksum does not match, a
+    truncated file) raises :class:`ntkbench.integrity.CorruptFileError` naming the file and dataset."""
+    try:
+        return ds[selection]
+    except OSError as err:
+        checksum = " (a chunk's fletcher32 checksum does not match: the stored values were altered)" \
+            if ds.fletcher32 and "filter" in str(err).lower() else " (truncated or corrupt?)"
+        raise CorruptFileError(path, f"dataset {ds.name} cannot be read{checksum}: {err}") from err
 
 
 class KernelCheckError(ValueError):
@@ -231,17 +258,23 @@ def check_kernel(path: str | os.PathLike, group: str, expected: Mapping[str, Any
         attrs = {key: grp.attrs.get(key) for key in expected}
         diffs = [f"{key}: file has {_normal(attrs[key])!r}, expected {_normal(_attr_value(value))!r}"
                  for key, value in expected.items() if _normal(attrs[key]) != _normal(_attr_value(value))]
-        if not bool(_decode(grp.attrs.get("complete", False))):
+        if not bool(decode_attr(grp.attrs.get("complete", False))):
             diffs.append("the computation did not finish (complete = False)")
         if diffs:
             raise KernelCheckError(f"{where} is not the kernel this stage needs: " + "; ".join(diffs)
-                                   + ". Delete the file so that it is recomputed.")
+                                   + f". {recompute_hint(path)}")
+        unchecked = [name for name in VALUE_DATASETS if name in grp and not grp[name].fletcher32]
+        if unchecked:
+            raise CorruptFileError(path, f"group {group}: datasets {unchecked} carry no fletcher32 checksums "
+                                         "(written by an older ntkbench), so their values cannot be verified")
+        for name in ("diag_x", "diag_y"):
+            read_dataset(grp[name], ..., path)  # verifies their checksums
         ds = grp["kernel"]
         n, m = ds.shape[:2]
         if symmetric and n != m:
             raise KernelCheckError(f"{where}: a train x train kernel must be square, has shape {ds.shape}")
         for r0 in range(0, n, block):
-            rows = ds[r0 : r0 + block]
+            rows = read_dataset(ds, np.s_[r0 : r0 + block], path)
             bad = ~np.isfinite(rows)
             if bad.any():
                 at = np.argwhere(bad)[0]
@@ -256,7 +289,7 @@ def check_kernel(path: str | os.PathLike, group: str, expected: Mapping[str, Any
             if symmetric:
                 for c0 in range(0, r0 + len(rows), block):
                     a = rows[:, c0 : c0 + block]
-                    b = ds[c0 : c0 + block, r0 : r0 + len(rows)]
+                    b = read_dataset(ds, np.s_[c0 : c0 + block, r0 : r0 + len(rows)], path)
                     bt = b.transpose(1, 0, 3, 2) if b.ndim == 4 else b.T
                     scale = max(1.0, float(np.abs(a).max()) if a.size else 0.0)
                     if a.size and float(np.abs(a - bt).max()) > atol * scale:
@@ -272,7 +305,7 @@ def check_kernel(path: str | os.PathLike, group: str, expected: Mapping[str, Any
 
 def _normal(value: Any) -> Any:
     """Attributes compared as the JSON-decoded values, so key order and bytes/str never matter."""
-    value = _decode(value)
+    value = decode_attr(value)
     if isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)

@@ -20,6 +20,8 @@ if TILE_SIZE is None:
         input:
             data=f"{RESULTS}/{{experiment}}/data.npz",
             model=f"{RESULTS}/{{experiment}}/seed{{seed}}/model.pt",
+            # the network must reproduce its own logits before its kernels are computed
+            logits=f"{RESULTS}/{{experiment}}/seed{{seed}}/logits.npz",
         output:
             update(KERNEL_FILE),
         params:
@@ -54,6 +56,8 @@ else:
         input:
             data=f"{RESULTS}/{{experiment}}/data.npz",
             model=f"{RESULTS}/{{experiment}}/seed{{seed}}/model.pt",
+            # the network must reproduce its own logits before its kernels are computed
+            logits=f"{RESULTS}/{{experiment}}/seed{{seed}}/logits.npz",
         output:
             temp(TILE_FILE),
         wildcard_constraints:
@@ -82,6 +86,8 @@ else:
         input:
             data=f"{RESULTS}/{{experiment}}/data.npz",
             model=f"{RESULTS}/{{experiment}}/seed{{seed}}/model.pt",
+            # the network must reproduce its own logits before its kernels are computed
+            logits=f"{RESULTS}/{{experiment}}/seed{{seed}}/logits.npz",
             tiles=lambda w: [p for cells in tile_files(w).values() for p in cells.values()],
         output:
             update(KERNEL_FILE),

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ntkbench.integrity import CorruptFileError, load_npz
 from ntkbench.utils import atomic_savez
 
 __all__ = ["Split", "DataBundle", "save_bundle", "load_bundle", "load_dataset"]
@@ -90,16 +91,20 @@ def save_bundle(bundle: DataBundle, path: str | Path) -> None:
 
 
 def load_bundle(path: str | Path) -> DataBundle:
-    """Read a bundle written by :func:`save_bundle`."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"data bundle {path} does not exist (run the data stage first)")
-    with np.load(path, allow_pickle=False) as npz:
-        extra = {k[len("extra_"):]: npz[k] for k in npz.files if k.startswith("extra_")}
-        split_names = [k[len("split_"):-len("_x")] for k in npz.files
-                       if k.startswith("split_") and k.endswith("_x")]
-        extra_splits = {name: Split(torch.from_numpy(npz[f"split_{name}_x"]),
-                                    torch.from_numpy(npz[f"split_{name}_y"]))
+    """Read a bundle written by :func:`save_bundle`.
+
+    Every member's CRC is checked (:func:`ntkbench.integrity.load_npz`); a damaged or foreign
+    file raises :class:`ntkbench.integrity.CorruptFileError` naming the file and the member.
+    """
+    npz = load_npz(path, what="data bundle")
+    missing = [k for k in ("train_x", "train_y", "test_x", "test_y", "num_classes", "meta") if k not in npz]
+    if missing:
+        raise CorruptFileError(path, f"not a data bundle written by ntkbench: missing array(s) {missing}; "
+                                     f"has {sorted(npz)}")
+    extra = {k[len("extra_"):]: npz[k] for k in npz if k.startswith("extra_")}
+    split_names = [k[len("split_"):-len("_x")] for k in npz if k.startswith("split_") and k.endswith("_x")]
+    try:
+        extra_splits = {name: Split(torch.from_numpy(npz[f"split_{name}_x"]), torch.from_numpy(npz[f"split_{name}_y"]))
                         for name in split_names}
         return DataBundle(
             train=Split(torch.from_numpy(npz["train_x"]), torch.from_numpy(npz["train_y"])),
@@ -109,6 +114,8 @@ def load_bundle(path: str | Path) -> DataBundle:
             extra=extra,
             extra_splits=extra_splits,
         )
+    except (KeyError, ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
+        raise CorruptFileError(path, f"not a consistent data bundle ({type(err).__name__}: {err})") from err
 
 
 def load_dataset(spec: dict[str, Any], data_dir: str | Path = "data") -> DataBundle:

@@ -231,7 +231,7 @@ def _run(grp, source, opts, X, Y, same, dev, bs, progress, label, cache_budget) 
                 name = f"features_{which}"
                 if name not in grp:
                     grp.create_dataset(name, shape=(data.shape[0],) + tuple(feats.shape[1:]), dtype=grp["kernel"].dtype,
-                                       chunks=(min(bs, data.shape[0]),) + tuple(feats.shape[1:]))
+                                       chunks=(min(bs, data.shape[0]),) + tuple(feats.shape[1:]), **store.CHECKSUMMED)
                 grp[name][sl] = feats.cpu().numpy()
             diag = block_diag(reps, entk).cpu().numpy()
             _check_block(diag, label, f"self-kernels of {which}, block {b} (rows {sl.start}:{sl.start + len(diag)})")

@@ -123,5 +123,5 @@ def gather_tiles(path: str | os.PathLike, group: str, tiles: Mapping[tuple[int, 
 def _copy_rows(grp: h5py.Group, name: str, src: h5py.Dataset, start: int, total: int) -> None:
     """Projected features of a tile's rows into the full-size dataset (created on first use)."""
     if name not in grp:
-        grp.create_dataset(name, shape=(total,) + src.shape[1:], dtype=src.dtype, chunks=True)
+        grp.create_dataset(name, shape=(total,) + src.shape[1:], dtype=src.dtype, chunks=True, **store.CHECKSUMMED)
     grp[name][start : start + src.shape[0]] = src[...]

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ntkbench.utils import atomic_path
+from ntkbench.integrity import CorruptFileError, load_torch, save_torch
 
 __all__ = ["build", "register", "save_checkpoint", "load_checkpoint", "REGISTRY"]
 
@@ -44,20 +44,27 @@ def build(spec: dict[str, Any]) -> nn.Module:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, spec: dict[str, Any], **extra: Any) -> None:
-    """Save weights, spec and any extra JSON-able info atomically."""
+    """Save weights, spec and any extra JSON-able info atomically, with a SHA-256 of all of it
+    (see :func:`ntkbench.integrity.save_torch`) that :func:`load_checkpoint` verifies."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"spec": spec, "state_dict": state, **extra}, tmp)
+    save_torch(path, {"spec": spec, "state_dict": state, **extra})
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from a checkpoint; returns (model in eval mode, checkpoint dict)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model checkpoint {path} does not exist (run the training stage first)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """Rebuild a model from a checkpoint; returns (model in eval mode, checkpoint dict).
+
+    The checkpoint's checksum is verified first: a damaged, truncated or foreign file raises
+    :class:`ntkbench.integrity.CorruptFileError` naming the file and how to recompute it.
+    """
+    ckpt = load_torch(path, what="model checkpoint")
+    if "spec" not in ckpt or "state_dict" not in ckpt:
+        raise CorruptFileError(path, f"not an ntkbench model checkpoint (keys {sorted(ckpt)}; "
+                                     "expected 'spec' and 'state_dict')")
     model = build(ckpt["spec"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise CorruptFileError(path, f"its weights do not fit the model its spec describes ({err})") from err
     return model.to(device).eval(), ckpt
 
 

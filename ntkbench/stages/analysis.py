@@ -9,13 +9,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ntkbench import models, store
+from ntkbench import store
 from ntkbench.analysis import (attribution_by_class, check_attribution_sums, realisation_pairs, select_test_points,
                                top_k_exemplars)
 from ntkbench.data import DataBundle, load_bundle
 from ntkbench.metrics import predicted_labels
 from ntkbench.plots.analysis import plot_attributions, plot_exemplars, plot_realisation
-from ntkbench.stages.common import InputError, read_json, read_logits, write_csv
+from ntkbench.stages.common import InputError, load_model, read_json, read_logits, write_csv
 from ntkbench.stages.kernels import check_kernel_file
 from ntkbench.stages.surrogates import read_kglm_fit
 from ntkbench.tables import KERNEL_DISPLAY_NAMES
@@ -75,8 +75,9 @@ def analysis_stage(experiment: str, data_path: str | Path, model_path: str | Pat
     """
     bundle = load_bundle(data_path)
     test = bundle.test
-    nn_logits = read_logits(logits_path, bundle, {"test": test})["test_logits"].astype(np.float64)
-    model, ckpt = models.load_checkpoint(model_path)
+    stored_logits = read_logits(logits_path, bundle, {"train": bundle.train, "test": test})
+    nn_logits = stored_logits["test_logits"].astype(np.float64)
+    model, ckpt = load_model(model_path, bundle, logits_path, stored_logits)
     if int(ckpt.get("seed", -1)) != int(seed):
         raise InputError(f"{model_path}: a network of training seed {ckpt.get('seed')}, expected {seed}")
     try:

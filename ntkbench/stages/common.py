@@ -11,11 +11,19 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
+from ntkbench import models
 from ntkbench.data import DataBundle
+from ntkbench.integrity import load_npz, recompute_hint
+from ntkbench.training import evaluate_logits
 from ntkbench.utils import atomic_path
 
-__all__ = ["InputError", "read_json", "read_logits", "write_csv"]
+__all__ = ["InputError", "read_json", "read_npz", "read_logits", "load_model", "logits_mismatch", "check_reproduces_logits", "write_csv"]
+
+# How many training points a stage re-evaluates to check that a network still produces its logits.
+PROBE_POINTS = 32
 
 
 class InputError(ValueError):
@@ -37,6 +45,17 @@ def read_json(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, Any
     return data
 
 
+def read_npz(path: str | Path, required: tuple[str, ...] | list[str] = (), what: str = "npz file") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, CRC-checked (:func:`ntkbench.integrity.load_npz`: a damaged
+    file raises :class:`ntkbench.integrity.CorruptFileError` naming it); ``required`` arrays must
+    be there."""
+    data = load_npz(path, what=what)
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise InputError(f"{path}: missing array(s) {missing}; has {sorted(data)}")
+    return data
+
+
 def read_logits(path: str | Path, bundle: DataBundle, splits: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     """The network's logits on every split of ``bundle``, checked against the bundle.
 
@@ -44,11 +63,7 @@ def read_logits(path: str | Path, bundle: DataBundle, splits: Mapping[str, Any] 
     ``<split>_y`` labels must equal the bundle's (logits of another data set are refused).
     """
     splits = {"train": bundle.train, **bundle.eval_splits} if splits is None else splits
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable logits file ({err})") from err
+    data = load_npz(path, what="logits file")
     for name, split in splits.items():
         logits, labels = data.get(f"{name}_logits"), data.get(f"{name}_y")
         if logits is None or labels is None:
@@ -59,6 +74,59 @@ def read_logits(path: str | Path, bundle: DataBundle, splits: Mapping[str, Any] 
         if not np.isfinite(logits).all():
             raise InputError(f"{path}: non-finite {name} logits (a diverged network?)")
     return data
+
+
+def logits_mismatch(model: nn.Module, bundle: DataBundle, logits: Mapping[str, np.ndarray],
+                    points: int = PROBE_POINTS) -> str | None:
+    """Why ``model`` does not reproduce its stored ``train_logits`` on ``points`` evenly spaced
+    training points, or None when it does.
+
+    The checkpoint's checksum proves the file is the one written, not that it is the network
+    the logits (and everything computed from them) came from: a swapped or retrained
+    ``model.pt`` would give kernels of another network with a plausible summary. Tolerance:
+    1e-4 of the logits' scale on the CPU (the same float32 arithmetic as training), 1e-2 on an
+    accelerator (TF32 convolutions, other reduction orders).
+    """
+    stored = logits.get("train_logits")
+    if stored is None or len(stored) != len(bundle.train):
+        return f"no train logits for the {len(bundle.train)} training points"
+    idx = np.unique(np.linspace(0, len(bundle.train) - 1, min(points, len(bundle.train))).round().astype(np.int64))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        out = evaluate_logits(model, bundle.train.x[idx], device=device).double().numpy().reshape(len(idx), -1)
+    want = np.asarray(stored[idx], dtype=np.float64).reshape(len(idx), -1)
+    if out.shape != want.shape:
+        return f"the network has {out.shape[1]} output(s), the logits {want.shape[1]}"
+    diff = float(np.abs(out - want).max()) if out.size else 0.0
+    tol = (1e-4 if device.type == "cpu" else 1e-2) * max(1.0, float(np.abs(want).max()) if want.size else 0.0)
+    if not diff <= tol:
+        return f"largest difference {diff:.3g} on {len(idx)} training points, tolerance {tol:.2g}"
+    return None
+
+
+def check_reproduces_logits(model: nn.Module, bundle: DataBundle, logits: Mapping[str, np.ndarray],
+                            model_path: str | Path, logits_path: str | Path) -> None:
+    """Raise :class:`InputError` naming both files when ``model`` does not reproduce the logits
+    of ``logits_path`` (:func:`logits_mismatch`)."""
+    why = logits_mismatch(model, bundle, logits)
+    if why is not None:
+        raise InputError(f"{model_path}: the network does not reproduce its logits {logits_path} ({why}): the "
+                         f"two files come from different networks. {recompute_hint(model_path)}")
+
+
+def load_model(model_path: str | Path, bundle: DataBundle, logits_path: str | Path | None = None,
+               logits: Mapping[str, np.ndarray] | None = None,
+               device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A checked network: its checkpoint's checksum verified (:func:`ntkbench.models.load_checkpoint`)
+    and, when ``logits_path`` is given, checked to reproduce those logits
+    (:func:`check_reproduces_logits`; ``logits`` are that file's arrays when already read).
+    Returns (model in eval mode on ``device``, checkpoint dict)."""
+    model, ckpt = models.load_checkpoint(model_path, device=device)
+    if logits_path is not None:
+        if logits is None:
+            logits = read_logits(logits_path, bundle, {"train": bundle.train})
+        check_reproduces_logits(model, bundle, logits, model_path, logits_path)
+    return model, ckpt
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:

@@ -7,12 +7,12 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from ntkbench import models, store
+from ntkbench import store
 from ntkbench.data import load_bundle
 from ntkbench.data.poison import POISONED_SPLIT
 from ntkbench.forensics import TABLE3_METRICS, ForensicsResult, evaluate_forensics
 from ntkbench.plots.forensics import plot_forensics_result
-from ntkbench.stages.common import read_json, read_logits, write_csv
+from ntkbench.stages.common import load_model, read_json, read_logits, write_csv
 from ntkbench.stages.kernels import check_kernel_file
 from ntkbench.tables import format_with_uncertainty
 from ntkbench.utils import atomic_write_text, get_logger
@@ -52,9 +52,10 @@ def forensics_stage(data_path: str | Path, seeds: Sequence[int], kernels: Sequen
     """
     bundle = load_bundle(data_path)
     splits = {"test": bundle.test, POISONED_SPLIT: bundle.extra_splits.get(POISONED_SPLIT, bundle.test)}
-    logits = {seed: read_logits(path, bundle, splits) for seed, path in zip(seeds, logits_paths, strict=True)}
-    for seed, model_path in zip(seeds, model_paths, strict=True):
-        model, _ = models.load_checkpoint(model_path)
+    logits = {seed: read_logits(path, bundle, {"train": bundle.train, **splits})
+              for seed, path in zip(seeds, logits_paths, strict=True)}
+    for seed, model_path, logits_path in zip(seeds, model_paths, logits_paths, strict=True):
+        model, _ = load_model(model_path, bundle, logits_path, logits[seed])
         for kernel in kernels:
             check_kernel_file(kernel_paths[(seed, kernel)], kernel, kernel_options[kernel], model, bundle, _GROUPS)
     reports = {key: read_json(path, required=("test", POISONED_SPLIT)) for key, path in kglm_paths.items()}

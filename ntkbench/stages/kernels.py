@@ -10,10 +10,11 @@ import h5py
 import torch
 from torch import nn
 
-from ntkbench import kinds, models, store
+from ntkbench import kinds, store
 from ntkbench.data import DataBundle, load_bundle
 from ntkbench.kernels import KernelOptions, compute_to_hdf5, identity_options
 from ntkbench.kernels.tiling import compute_tile, gather_tiles
+from ntkbench.stages.common import load_model
 from ntkbench.utils import get_logger, resolve_device
 
 log = get_logger(__name__)
@@ -73,11 +74,12 @@ def _partial_is_readable(partial: Path) -> bool:
         return False
 
 
-def _inputs(data_path: str | Path, model_path: str | Path, device: str):
-    """(data bundle, device, model on it, provenance attributes) of a kernel job."""
+def _inputs(data_path: str | Path, model_path: str | Path, device: str, logits_path: str | Path | None):
+    """(data bundle, device, model on it, provenance attributes) of a kernel job; the model is
+    checked to reproduce ``logits_path`` when given (see :func:`ntkbench.stages.common.load_model`)."""
     bundle = load_bundle(data_path)
     dev = resolve_device(device)
-    model, ckpt = models.load_checkpoint(model_path, device=dev)
+    model, ckpt = load_model(model_path, bundle, logits_path, device=dev)
     attrs = {"experiment_model": ckpt["spec"], "seed": int(ckpt.get("seed", -1)), "data_meta": bundle.meta}
     return bundle, dev, model, attrs
 
@@ -100,16 +102,17 @@ def _resumable(partial: Path, compute) -> None:
 
 
 def kernel_stage(data_path: str | Path, model_path: str | Path, kind: str, options: dict[str, Any],
-                 block_size: int, device: str, out_path: str | Path) -> None:
+                 block_size: int, device: str, out_path: str | Path, *, logits_path: str | Path | None = None) -> None:
     """Compute kernel ``kind`` on train x train and every evaluation split x train into HDF5.
 
     Blocks are streamed into ``<out>.partial``: an interrupted job resumes from its last
     finished block when the partial file was computed with the same settings, model and data;
     otherwise the stale partial file is discarded (and the reason logged) and the job starts
     over. The finished file is checked like any reader would check it, then renamed, so
-    Snakemake never sees a half-written or non-finite kernel.
+    Snakemake never sees a half-written or non-finite kernel. With ``logits_path`` (the
+    workflow passes the network's ``logits.npz``), the network is first checked to reproduce them.
     """
-    bundle, dev, model, attrs = _inputs(data_path, model_path, device)
+    bundle, dev, model, attrs = _inputs(data_path, model_path, device, logits_path)
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
 
@@ -126,10 +129,10 @@ def kernel_stage(data_path: str | Path, model_path: str | Path, kind: str, optio
 
 def kernel_tile_stage(data_path: str | Path, model_path: str | Path, kind: str, options: dict[str, Any],
                       block_size: int, tile_size: int, group: str, tile: tuple[int, int], device: str,
-                      out_path: str | Path) -> None:
+                      out_path: str | Path, *, logits_path: str | Path | None = None) -> None:
     """Compute tile ``tile`` of kernel group ``group`` (one job of a tiled kernel, see
     :mod:`ntkbench.kernels.tiling`); resumable, written to ``<out>.partial`` then renamed."""
-    bundle, dev, model, _ = _inputs(data_path, model_path, device)
+    bundle, dev, model, _ = _inputs(data_path, model_path, device, logits_path)
     x, y = kernel_groups(bundle)[group]
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
@@ -141,10 +144,10 @@ def kernel_tile_stage(data_path: str | Path, model_path: str | Path, kind: str, 
 
 def kernel_gather_stage(data_path: str | Path, model_path: str | Path, kind: str, options: dict[str, Any],
                         block_size: int, tile_size: int, tiles: dict[str, dict[tuple[int, int], str | Path]],
-                        device: str, out_path: str | Path) -> None:
+                        device: str, out_path: str | Path, *, logits_path: str | Path | None = None) -> None:
     """Gather every group's tiles into the kernel file the next stages read: the same layout
     and provenance as :func:`kernel_stage`'s, checked like a reader checks it."""
-    bundle, dev, model, attrs = _inputs(data_path, model_path, device)
+    bundle, dev, model, attrs = _inputs(data_path, model_path, device, logits_path)
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
     if partial.exists():

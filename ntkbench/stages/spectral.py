@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,11 +38,12 @@ from ntkbench.spectral.modadd import (
     overlap_table,
 )
 from ntkbench.spectral.tms import n_represented, tms_spectra
-from ntkbench.stages.common import write_csv
+from ntkbench.stages.common import read_npz, write_csv
+from ntkbench.integrity import load_torch, save_torch
 from ntkbench.training.health import check_training
 from ntkbench.training.modadd import train_modadd
 from ntkbench.training.tms import train_tms
-from ntkbench.utils import atomic_path, atomic_savez, get_logger, resolve_device, seed_everything
+from ntkbench.utils import atomic_savez, get_logger, resolve_device, seed_everything
 
 log = get_logger(__name__)
 
@@ -115,8 +116,7 @@ def tms_report_stage(run_paths: Sequence[str | Path], cfg: dict[str, Any], out_c
     params = CliffParams.from_config(cfg["cliffs"])
     rows, runs = [], []
     for path in run_paths:
-        with np.load(path) as z:
-            run = {k: z[k] for k in z.files}
+        run = read_npz(path)
         scores = json.loads(str(run["scores"]))
         run["cliffs"] = []
         for b, beta in enumerate(run["betas"]):
@@ -167,16 +167,15 @@ def modadd_train_stage(cfg: dict[str, Any], seed: int, device: str, out_checkpoi
     check_training(model, curve, train_out, data.y[data.train_idx], data.p,
                    allow_failure=bool(cfg["allow_divergence"]), what=f"modular-addition training p={data.p}, seed {seed}",
                    hint="lower the learning rate, or set allow_divergence: true in the modadd block to keep it")
-    with atomic_path(out_checkpoints) as tmp:
-        torch.save({"spec": spec, "seed": int(seed), "states": states,
-                    "train_idx": torch.from_numpy(data.train_idx),
-                    "data": {"p": data.p, "train_fraction": float(cfg["train_fraction"]),
-                             "split_seed": int(cfg["split_seed"])}}, tmp)
+    save_torch(out_checkpoints, {"spec": spec, "seed": int(seed), "states": states,
+                                 "train_idx": torch.from_numpy(data.train_idx),
+                                 "data": {"p": data.p, "train_fraction": float(cfg["train_fraction"]),
+                                          "split_seed": int(cfg["split_seed"])}})
     write_csv(curve, out_curve)
 
 
 def _load_modadd(path: str | Path, device: torch.device):
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch(path, what="training checkpoints")
     data = make_modadd_data(ckpt["data"]["p"], ckpt["data"]["train_fraction"], ckpt["data"]["split_seed"])
     model = models.build(ckpt["spec"]).to(device)
     return ckpt, data, model
@@ -231,8 +230,7 @@ def modadd_report_stage(seeds: Sequence[int], curve_paths: Sequence[str | Path],
     for seed, curve_path, spec_path, full_path in zip(seeds, curve_paths, spectra_paths, full_paths):
         curve = pd.read_csv(curve_path)
         curves.append(curve.assign(seed=seed))
-        with np.load(spec_path) as z:
-            spectra = {k: z[k] for k in z.files}
+        spectra = read_npz(spec_path)
         p = int(spectra["p"])
         ev = spectra["eigenvalues"]
         T, L, K = ev.shape
@@ -249,8 +247,7 @@ def modadd_report_stage(seeds: Sequence[int], curve_paths: Sequence[str | Path],
                                 columns=list(OVERLAP_TABLE_COLUMNS)).assign(seed=seed)
         overlaps = overlaps.merge(curve[["epoch", "train_acc", "test_acc"]], on="epoch", how="left")
         overlap_rows.append(overlaps)
-        with np.load(full_path) as z:
-            full = {k: z[k] for k in z.files}
+        full = read_npz(full_path)
         full_cliffs = detect_cliffs(full["eigenvalues"], params)
         full_rows.append(pd.DataFrame({"epoch": int(full["epoch"]), "index": np.arange(full["eigenvalues"].size),
                                        "eigenvalue": full["eigenvalues"], "seed": seed}))

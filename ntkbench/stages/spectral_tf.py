@@ -30,11 +30,12 @@ from ntkbench.spectral.modadd_tf import (
     grouped_checkpoint_spectra,
     window_table,
 )
-from ntkbench.stages.common import write_csv
+from ntkbench.stages.common import read_npz, write_csv
 from ntkbench.stages.spectral import save_checkpoint_spectra
+from ntkbench.integrity import load_torch, save_torch
 from ntkbench.training.health import check_training
 from ntkbench.training.modadd_tf import train_modadd_tf
-from ntkbench.utils import atomic_path, atomic_savez, get_logger, resolve_device, seed_everything
+from ntkbench.utils import atomic_savez, get_logger, resolve_device, seed_everything
 
 log = get_logger(__name__)
 
@@ -67,14 +68,13 @@ def tf_train_stage(cfg: dict[str, Any], device: str, out_checkpoints: str | Path
     check_training(model, curve, train_out, data.y[data.train_idx], data.p,
                    allow_failure=bool(cfg["allow_divergence"]), what=f"modular-addition transformer p={data.p}",
                    hint="lower lr, or set allow_divergence: true in spectral.modadd_tf to keep it")
-    with atomic_path(out_checkpoints) as tmp:
-        torch.save({"spec": spec, "states": states, "train_idx": torch.from_numpy(data.train_idx),
-                    "data": {k: cfg[k] for k in ("p", "train_fraction", "split_seed", "equals_token")}}, tmp)
+    save_torch(out_checkpoints, {"spec": spec, "states": states, "train_idx": torch.from_numpy(data.train_idx),
+                                 "data": {k: cfg[k] for k in ("p", "train_fraction", "split_seed", "equals_token")}})
     write_csv(curve, out_curve)
 
 
 def _load(path: str | Path, device: torch.device):
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch(path, what="training checkpoints")
     data, tokens = _data(ckpt["data"])
     return ckpt, data, tokens, models.build(ckpt["spec"]).to(device)
 
@@ -129,10 +129,8 @@ def tf_report_stage(curve_path: str | Path, spectra_path: str | Path, full_path:
     """Every CSV and figure of one transformer experiment."""
     params = CliffParams.from_config(cfg["cliffs"])
     curve = pd.read_csv(curve_path)
-    with np.load(spectra_path) as z:
-        spectra = {k: z[k] for k in z.files}
-    with np.load(full_path) as z:
-        full = {k: z[k] for k in z.files}
+    spectra = read_npz(spectra_path)
+    full = read_npz(full_path)
     p, pairs = int(spectra["p"]), spectra["pairs"]
     windows = list(cfg["overlap_windows"] or default_windows(p))
     acc = curve[["epoch", "train_acc", "test_acc"]]

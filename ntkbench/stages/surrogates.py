@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from ntkbench import metrics, models, store
+from ntkbench import metrics, store
 from ntkbench.data import load_bundle
-from ntkbench.stages.common import InputError, read_logits
+from ntkbench.stages.common import InputError, load_model, read_logits, read_npz
 from ntkbench.stages.kernels import check_kernel_file
 from ntkbench.surrogate import KernelGLM
 from ntkbench.utils import atomic_savez, atomic_write_text, get_logger
@@ -38,7 +38,7 @@ def kglm_stage(data_path: str | Path, logits_path: str | Path, model_path: str |
     """
     bundle = load_bundle(data_path)
     nn_out = read_logits(logits_path, bundle)
-    model, _ = models.load_checkpoint(model_path)
+    model, _ = load_model(model_path, bundle, logits_path, nn_out)
     check_kernel_file(kernel_path, kind, kernel_options, model, bundle)
     target, seed = kglm_cfg["target"], int(kglm_cfg["seed"])
     train = store.read_kernel(kernel_path, "train_train")
@@ -78,14 +78,7 @@ def read_kglm_fit(npz_path: str | Path, kernel_path: str | Path, K: np.ndarray, 
     ``K``; otherwise the fit belongs to another kernel. Returns (the kGLM with those weights,
     the saved test logits (M, c_out), the recomputed ones K W^T + b in float64).
     """
-    try:
-        with np.load(npz_path, allow_pickle=False) as npz:
-            fit = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:
-        raise InputError(f"{npz_path}: not a readable kGLM file ({err})") from err
-    missing = [k for k in ("coef", "intercept", "test_logits") if k not in fit]
-    if missing:
-        raise InputError(f"{npz_path}: missing {missing} (has {sorted(fit)})")
+    fit = read_npz(npz_path, ("coef", "intercept", "test_logits"), what="kGLM file")
     coef, intercept = fit["coef"], fit["intercept"]
     if coef.shape != (c_out, n_train) or intercept.shape != (c_out,):
         raise InputError(f"{npz_path}: coef {coef.shape} and intercept {intercept.shape}, expected "

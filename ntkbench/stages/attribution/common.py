@@ -1,8 +1,8 @@
-"""Helpers shared by the attribution stages: table columns, data fingerprints, checked .npz reading."""
+"""Helpers shared by the attribution stages: table columns and data fingerprints."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -10,7 +10,7 @@ from ntkbench import store
 from ntkbench.data import DataBundle
 from ntkbench.stages.common import InputError
 
-__all__ = ["KERNEL_METHODS", "TABLE_COLUMNS", "fingerprints", "check_fingerprints", "load_npz"]
+__all__ = ["KERNEL_METHODS", "TABLE_COLUMNS", "fingerprints", "check_fingerprints"]
 
 #: Methods computed per kernel; the loss-gradient methods are ``methods.GRADIENT_METHODS``.
 KERNEL_METHODS = ("kglm", "kernel-sim")
@@ -32,15 +32,3 @@ def check_fingerprints(path: str | Path, data: Mapping[str, Any], bundle: DataBu
         if key not in data or str(data[key]) != str(value):
             raise InputError(f"{path}: computed on other data than this bundle ({key} differs); "
                              "delete it so that it is recomputed")
-
-
-def load_npz(path: str | Path, required: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable .npz file ({err}); delete it so that it is recomputed") from err
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise InputError(f"{path}: missing array(s) {missing}; has {sorted(data)}")
-    return data

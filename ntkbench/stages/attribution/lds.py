@@ -16,8 +16,8 @@ from ntkbench.attribution.mislabel import auc_rows
 from ntkbench.attribution.retrain import subset_model_seed
 from ntkbench.attribution.subsets import subset_mask
 from ntkbench.data import DataBundle, load_bundle
-from ntkbench.stages.attribution.common import (KERNEL_METHODS, TABLE_COLUMNS, check_fingerprints, load_npz)
-from ntkbench.stages.common import InputError, read_json, write_csv
+from ntkbench.stages.attribution.common import KERNEL_METHODS, TABLE_COLUMNS, check_fingerprints
+from ntkbench.stages.common import InputError, read_json, read_npz, write_csv
 from ntkbench.stages.kernels import check_kernel_file
 from ntkbench.stages.surrogates import read_kglm_fit
 from ntkbench.utils import get_logger
@@ -36,7 +36,7 @@ def gather_subsets(paths: Sequence[str | Path], bundle: DataBundle, num_subsets:
     n, n_test = len(bundle.train), len(bundle.test)
     parts = []
     for path in paths:
-        data = load_npz(path, ("index", "mask", "margins", "model_seed", "test_acc", "fraction", "subset_seed",
+        data = read_npz(path, ("index", "mask", "margins", "model_seed", "test_acc", "fraction", "subset_seed",
                                 "seed", "seed_scheme"))
         check_fingerprints(path, data, bundle)
         expected = {"fraction": float(settings["fraction"]), "subset_seed": int(settings["subset_seed"]),
@@ -94,11 +94,11 @@ def lds_stage(experiment: str, data_path: str | Path, model_path: str | Path, se
     log.info("%s: %d subsets of %d points, subset networks' test accuracy %.3f (min %.3f)", experiment,
              len(masks), int(masks[0].sum()), info["subset_test_acc_mean"], info["subset_test_acc_min"])
 
-    grads = load_npz(gradients_path, ("methods",))
+    grads = read_npz(gradients_path, ("methods",))
     check_fingerprints(gradients_path, grads, bundle)
     if str(grads.get("model_fingerprint")) != store.model_fingerprint(model):
         raise InputError(f"{gradients_path}: computed for another network than {model_path}")
-    mis = load_npz(mislabel_path, ("flipped",))
+    mis = read_npz(mislabel_path, ("flipped",))
     check_fingerprints(mislabel_path, mis, bundle)
     flipped = mis["flipped"].astype(bool)
 
