@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import numbers
 from pathlib import Path
@@ -16,6 +17,9 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schem
 
 __all__ = [
     "ConfigError",
+    "StrictLoader",
+    "load_yaml",
+    "check_config_files",
     "load_schema",
     "validate_config",
     "load_config",
@@ -37,9 +41,69 @@ class ConfigError(ValueError):
     """The workflow configuration is invalid; the message names the key and the problem."""
 
 
+class StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key written twice in one mapping is an error.
+
+    Plain YAML loaders keep the later value silently, so an edited copy of a setting (say a
+    second ``proj_dim:`` further down a block) would win or lose unnoticed. Keys merged in with
+    ``<<: *anchor`` may still be overridden: that is what a merge key means.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.check_unique_keys(node, deep)
+        return super().construct_mapping(node, deep=deep)
+
+    def check_unique_keys(self, node: yaml.MappingNode, deep: bool = False) -> None:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: construct_mapping reports it
+                continue
+            if first is not key_node.start_mark:
+                mark = key_node.start_mark
+                raise ConfigError(
+                    f"{mark.name}:{mark.line + 1}: duplicate key {key!r} (first at line {first.line + 1}); "
+                    "YAML would silently keep only the later value. Remove or rename one of them")
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML (or JSON) file with :class:`StrictLoader`: a duplicate key is a
+    :class:`ConfigError` naming the key, the file and the line."""
+    path = Path(path)
+    if path.suffix == ".json":  # Snakemake accepts JSON config files too
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh, object_pairs_hook=lambda pairs: _unique_json_pairs(pairs, path))
+    with open(path, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _unique_json_pairs(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"{path}: duplicate key {key!r}; JSON readers silently keep only the later "
+                              "value. Remove or rename one of them")
+        out[key] = value
+    return out
+
+
+def check_config_files(paths: Any) -> None:
+    """Refuse config files with a duplicate key (see :class:`StrictLoader`).
+
+    Snakemake parses its config files itself, with a loader that lets the later of two equal
+    keys win; the workflow calls this on ``workflow.configfiles`` before validating ``config``.
+    """
+    for path in paths:
+        load_yaml(path)
+
+
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    with open(path) as fh:
-        return yaml.safe_load(fh)
+    return load_yaml(path)
 
 
 def _with_defaults(validator_cls: type) -> type:
@@ -61,6 +125,36 @@ def _with_defaults(validator_cls: type) -> type:
     return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
 
 
+def _is_integer(checker: Any, instance: Any) -> bool:  # noqa: ARG001 - jsonschema's signature
+    # JSON schema counts 1.0e12 as an integer; the code needs an int (range(), shapes, seeds),
+    # and a float there is usually a YAML spelling slip, so only ints count.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_VALIDATOR = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
+
+
+def _type_message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message for a wrong type, with the likely YAML slip named."""
+    types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+    value = error.instance
+    if "integer" in types and isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return (f"{value!r} is a float, not an integer; write it without a decimal point or "
+                    f"exponent ({int(value)})")
+        return f"{value!r} is not an integer"
+    if {"integer", "number"} & set(types) and isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return error.message
+        return (f"{value!r} is a string, not a number (YAML reads an exponent without a decimal point, "
+                "such as 1e12, as text); write the number out, or as 1.0e+12 where a float is meant")
+    return error.message
+
+
 def _key_path(error: jsonschema.ValidationError) -> str:
     parts = [str(p) for p in error.absolute_path]
     return ".".join(parts) if parts else "<top level>"
@@ -74,7 +168,7 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None
     schema = load_schema() if schema is None else schema
     if not isinstance(config, dict):
         raise ConfigError(f"invalid configuration: expected a mapping of keys, got {type(config).__name__}")
-    base = jsonschema.Draft202012Validator
+    base = _VALIDATOR
     # JSON schema's "number" admits .inf and .nan (YAML has both); no setting means either.
     non_finite = _non_finite_numbers(config)
     lines = [f"  {path}: {value!r} is not a finite number" for path, value in non_finite]
@@ -87,6 +181,8 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None
             msg = f"unknown key(s): {msg.split('(')[-1].rstrip(')')}"
         elif err.validator == "not" and err.validator_value == {}:  # schema: key of another data set
             msg = "does not apply to this data set (see data: in schemas/config.schema.yaml)"
+        elif err.validator == "type":
+            msg = _type_message(err)
         lines.append(f"  {_key_path(err)}: {msg}")
     if lines:
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
@@ -173,7 +269,89 @@ def _cross_checks(cfg: dict[str, Any]) -> list[str]:
     if kopts.get("tile_size") is not None and kopts["tile_size"] % kopts["block_size"]:
         problems.append(f"kernel_options.tile_size: {kopts['tile_size']} must be a multiple of kernel_options.block_size "
                         f"({kopts['block_size']}), so that tiles hold whole blocks")
+    problems += _projection_memory_checks(cfg)
     return problems
+
+
+# What the memory check needs to know of each data set without loading it: (classes, training
+# points of the standard files, training points of their smallest class). MNIST's smallest
+# class is 5 (5421 images); digits has 1797 images, 174 in its smallest class (8), before its
+# train/test split; CoLA's count depends on which release is present, so none is assumed.
+_DATA_SIZES: dict[str, tuple[int, int | None, int | None]] = {
+    "mnist": (10, 60000, 5421),
+    "fmnist": (10, 60000, 6000),
+    "cifar10": (10, 50000, 5000),
+    "digits": (10, None, 174),
+    "cola": (2, None, None),
+}
+
+
+def _min_train_points(spec: dict[str, Any]) -> tuple[int, str]:
+    """A lower bound on the training points of an experiment's data block, and its reason."""
+    name = spec["name"]
+    num_classes, total, smallest = _DATA_SIZES.get(name, (2, None, None))
+    classes = len(spec["classes"]) if spec.get("classes") else num_classes
+    if spec.get("per_class_train") is not None:  # the loaders refuse a class with fewer
+        return spec["per_class_train"] * classes, "data.per_class_train x classes"
+    if name == "digits":
+        # The stratified split keeps at least floor(n_c (1 - test_fraction)) - 1 of class c
+        # (checked for every test_fraction on a 0.005 grid); max_train only lowers it.
+        per_class = math.floor(smallest * (1 - spec.get("test_fraction", 0.3))) - 1
+        n = per_class * classes
+        if spec.get("max_train") is not None and spec["max_train"] < n:
+            return spec["max_train"], "data.max_train"
+        return max(1, n), f"at least {per_class} per class in the digits training split"
+    if spec.get("max_train") is not None:  # the image and text loaders refuse a larger one
+        return spec["max_train"], "data.max_train"
+    if total is None:
+        return 1, "the data set's size is not known before loading"
+    if spec.get("classes"):
+        return smallest * classes, f"at least {smallest} per class in the standard {name} files"
+    return total, f"the standard {name} training split"
+
+
+def _projection_memory_checks(cfg: dict[str, Any]) -> list[str]:
+    """Refuse a ``kernel_options.proj_dim`` whose projected features cannot fit a kernel job.
+
+    Every job of a projected kernel holds the projected gradients of one block of training
+    points: rows x C' x K values, rows = min(block_size, training points), C' = 1 for the pNTK
+    kinds (summed over classes), else the network's outputs (1 for a binary task). That is a
+    lower bound of its memory (it also holds a second block, R's tiles, the network), compared
+    with ``resources.kernels.mem_mb``, so that a too large K fails here and not, out of memory,
+    hours into a kernel job. R's tiles do not grow with K (``TILE_K`` rows at a time), so they
+    are left out. ``kronecker`` is skipped: its features stop growing at the model's parameter
+    count, which is not known before the model is built."""
+    kopts = cfg.get("kernel_options") or {}
+    if kopts.get("proj_type", "gaussian") == "kronecker" or not cfg.get("experiments"):
+        return []
+    proj_dim, block_size = kopts.get("proj_dim", 10240), kopts.get("block_size", 2048)
+    itemsize = 8 if kopts.get("dtype") == "float64" else 4
+    budget_mb = ((cfg.get("resources") or {}).get("kernels") or {}).get("mem_mb", 2000)
+    worst = None
+    for name, exp in cfg["experiments"].items():
+        kinds = [kind_info(k) for k in exp.get("kernels", []) if kind_info(k).projected]
+        if not kinds:
+            continue
+        n_min, why = _min_train_points(exp["data"])
+        classes = len(exp["data"]["classes"]) if exp["data"].get("classes") else _DATA_SIZES.get(
+            exp["data"]["name"], (2,))[0]
+        outputs = 1 if classes == 2 else classes  # one logit for a binary task (DataBundle.num_outputs)
+        widths = {k.name: 1 if k.sum_over_classes else outputs for k in kinds}  # C' per kind
+        kind = max(widths, key=widths.get)
+        width = widths[kind]
+        rows = min(block_size, n_min)
+        need = rows * width * proj_dim * itemsize  # Python ints: no overflow however large K is
+        if worst is None or need > worst[0]:
+            reason = "kernel_options.block_size" if rows == block_size else why
+            worst = (need, name, kind, rows, reason, width)
+    if worst is None or worst[0] <= budget_mb << 20:
+        return []
+    need, name, kind, rows, reason, width = worst
+    return [f"kernel_options.proj_dim: K = {proj_dim:,} needs at least {need:,} bytes ({need / 2**30:,.1f} GiB) "
+            f"in every {kind} kernel job of experiment {name!r}: the projected gradients of one block of "
+            f"{rows:,} training points ({reason}) x {width} output(s) x K x {itemsize} bytes "
+            f"({kopts.get('dtype', 'float32')}), more than resources.kernels.mem_mb = {budget_mb} MB. Lower "
+            "kernel_options.proj_dim (or kernel_options.block_size), or raise resources.kernels.mem_mb"]
 
 
 def _analysis_checks(cfg: dict[str, Any]) -> list[str]:
@@ -263,8 +441,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
-    with open(path) as fh:
-        return validate_config(yaml.safe_load(fh) or {})
+    return validate_config(load_yaml(path) or {})
 
 
 def _experiment(config: dict[str, Any], experiment: str) -> dict[str, Any]:

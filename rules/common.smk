@@ -2,10 +2,14 @@
 # Only torch-free modules are imported here, so parsing the Snakefile stays fast.
 from pathlib import Path
 
-from ntkbench.config import DEFAULT_VARIANT, experiment_kglm_variants, experiment_seeds, validate_config
+from ntkbench.config import (DEFAULT_VARIANT, check_config_files, experiment_kglm_variants, experiment_seeds,
+                             validate_config)
 from ntkbench.provenance import code_fingerprint
 
 # Stop at once, naming the offending key, when the config is wrong (also fills the schema's defaults).
+# Snakemake's own YAML reader lets the later of two equal keys win, so the files it read (the
+# embedded config.yaml or the --configfile ones) are first re-read refusing duplicates.
+check_config_files(workflow.configfiles)
 config = validate_config(config)
 
 RESULTS = "results"

@@ -9,6 +9,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from ntkbench.data import DataBundle, Split
+from ntkbench.utils import get_logger
+
+_LOG = get_logger(__name__)
 
 
 def load_digits_bundle(
@@ -43,22 +46,30 @@ def load_digits_bundle(
         idx, test_size=test_fraction, random_state=split_seed, stratify=y
     )
     # Optional stratified subsets (tiny test configs); seeded by split_seed like the split.
-    train_idx = _stratified_subset(train_idx, y, max_train, split_seed)
-    test_idx = _stratified_subset(test_idx, y, max_test, split_seed)
+    train_idx = _stratified_subset(train_idx, y, max_train, split_seed, "max_train")
+    test_idx = _stratified_subset(test_idx, y, max_test, split_seed, "max_test")
     return DataBundle(
         train=Split(x[train_idx], y[train_idx]),
         test=Split(x[test_idx], y[test_idx]),
         num_classes=len(classes),
         meta={"name": "digits", "classes": classes, "test_fraction": test_fraction,
-              "split_seed": split_seed, "max_train": max_train, "max_test": max_test},
+              "split_seed": split_seed, "max_train": max_train, "max_test": max_test,
+              "n_train": len(train_idx), "n_test": len(test_idx)},
     )
 
 
-def _stratified_subset(idx: np.ndarray, y: np.ndarray, size: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of at most ``size`` elements of ``idx``, keeping the class balance."""
+def _stratified_subset(idx: np.ndarray, y: np.ndarray, size: int | None, seed: int, key: str) -> np.ndarray:
+    """Sorted indices of at most ``size`` elements of ``idx``, keeping the class balance.
+
+    A ``size`` beyond the split keeps all of it with a warning rather than an error: the data
+    set is small and its split sizes follow test_fraction, so "max_train: 10000" meaning "all"
+    is a natural way to write it; the count kept is in the bundle's meta (n_train, n_test)."""
+    if size is not None and size > len(idx):
+        _LOG.warning("data.%s: asked for %d digits images but the split has only %d; using all %d",
+                     key, size, len(idx), len(idx))
     if size is None or size >= len(idx):
         return np.sort(idx)
     if size < len(np.unique(y[idx])):
-        raise ValueError(f"data.max_train/max_test = {size} is smaller than the number of classes")
+        raise ValueError(f"data.{key} = {size} is smaller than the number of classes")
     keep, _ = train_test_split(idx, train_size=size, random_state=seed, stratify=y[idx])
     return np.sort(keep)

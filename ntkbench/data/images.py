@@ -9,7 +9,9 @@ Accepted layouts under ``data_dir`` (first match wins):
 - MNIST: ``mnist/``, ``MNIST/raw/`` (torchvision), or ``data_dir`` itself, holding
   ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
   ``t10k-labels-idx1-ubyte``, each optionally gzipped (``.gz``). The dotted spellings of
-  some copies (``train-images.idx3-ubyte``, ...) are accepted too.
+  some copies (``train-images.idx3-ubyte``, ...) are accepted too. A gzipped file without
+  the ``.gz`` suffix is read (and said in the log); a raw file and its ``.gz`` side by side
+  are both read, and refused unless their contents are equal.
 - Fashion-MNIST: the same file names under ``fashion-mnist/``, ``fmnist/`` or
   ``FashionMNIST/raw/``.
 - CIFAR-10: ``cifar-10-batches-py/`` with ``data_batch_1`` .. ``data_batch_5`` and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import math
 import pickle
 import zlib
 from dataclasses import replace
@@ -38,10 +41,13 @@ import numpy as np
 import torch
 
 from ntkbench.data import DataBundle, Split
+from ntkbench.utils import get_logger
 
 __all__ = ["read_idx", "load_mnist", "load_fmnist", "load_cifar10", "normalize_bundle",
            "CIFAR10_MEAN", "CIFAR10_STD", "LOADERS"]
 
+_LOG = get_logger(__name__)
+_GZIP_MAGIC = b"\x1f\x8b"
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _IDX_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
               "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
@@ -63,35 +69,78 @@ CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (the MNIST format), gzipped or raw, as an array of its stored shape.
 
-    Raises ``ValueError`` naming the file for a bad magic number, a truncated header or body,
-    or a corrupt ``.gz``, and ``FileNotFoundError`` when it does not exist.
+    The header is checked in full before the data are interpreted: two zero bytes, a known data-type
+    code, at least one dimension, every size below 2**31 (the format's sizes are signed 32-bit
+    integers), and sizes x item size equal to the body's length (in Python integers, so a
+    garbage header cannot overflow into a plausible or negative count). A file without the
+    ``.gz`` suffix that starts with the gzip signature is decompressed anyway, with an INFO log
+    line: the two signatures cannot be confused (a raw IDX file starts with two zero bytes).
+
+    Raises ``ValueError`` naming the file and what is wrong for a bad header, a truncated or
+    oversized body, or corrupt gzip data, and ``FileNotFoundError`` when it does not exist.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IDX file {path} does not exist")
+    return _decode_idx(path, _read_idx_bytes(path))
+
+
+def _read_idx_bytes(path: Path) -> bytes:
+    """The decompressed bytes of ``path`` (gzip by suffix, or by signature without one)."""
+    compressed = path.suffix == ".gz"
+    raw = path.read_bytes()
+    if not compressed and raw[:2] == _GZIP_MAGIC:
+        _LOG.info("%s is gzip-compressed but has no .gz suffix; reading it decompressed "
+                  "(rename it to %s.gz to silence this)", path, path)
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise ValueError(f"{path} is gzip-compressed but has no .gz suffix, and cannot be decompressed "
+                             f"({type(err).__name__}: {err}); the file is corrupt or incomplete, "
+                             "download it again") from err
+    if not compressed:
+        return raw
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                raw = fh.read()
-        else:
-            raw = path.read_bytes()
+        return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
-        raise ValueError(f"{path}: cannot decompress ({type(err).__name__}: {err}); the .gz file "
-                         "is corrupt or incomplete, download it again") from err
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
+        hint = "the .gz file is corrupt or incomplete, download it again"
+        if raw[:2] == b"\0\0":
+            hint = "it is not gzip-compressed at all but looks like a raw IDX file; remove the .gz suffix"
+        raise ValueError(f"{path}: cannot decompress ({type(err).__name__}: {err}); {hint}") from err
+
+
+def _decode_idx(path: Path, raw: bytes) -> np.ndarray:
+    if len(raw) < 4:
+        raise ValueError(f"{path}: not an IDX file ({len(raw)} bytes, shorter than the 4-byte magic number)")
+    magic = raw[:4].hex()
+    if raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (magic number {magic} does not start with two zero bytes)")
+    if raw[2] not in _IDX_DTYPES:
+        known = ", ".join(f"0x{code:02x}" for code in _IDX_DTYPES)
+        raise ValueError(f"{path}: not an IDX file (magic number {magic} has data type code 0x{raw[2]:02x}; "
+                         f"known codes: {known})")
     ndim = raw[3]
+    if ndim == 0:
+        raise ValueError(f"{path}: magic number {magic} says ndim 0; an IDX file has at least one dimension")
     header_bytes = 4 + 4 * ndim
     if len(raw) < header_bytes:
         raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, a {ndim}-D header "
                          f"needs {header_bytes}); the file is incomplete, download it again")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    for i, size in enumerate(shape):
+        if size >= 1 << 31:
+            raise ValueError(f"{path}: header (ndim {ndim} in magic number {magic}) gives dimension {i} the "
+                             f"size {size}, negative as the format's signed 32-bit integer; the header is "
+                             "corrupt (or ndim is wrong)")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     body = len(raw) - header_bytes
-    expected = int(np.prod(shape)) * dtype.itemsize
+    values = math.prod(shape)  # Python ints: no overflow, however wrong the header
+    expected = values * dtype.itemsize
     if body != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but the file holds "
-                         f"{body} bytes of data (truncated?)")
+        problem = "truncated?" if body < expected else "trailing data?"
+        raise ValueError(f"{path}: header (ndim {ndim} in magic number {magic}) says shape {shape}, "
+                         f"{values:,} values x {dtype.itemsize} bytes = {expected:,} bytes, but the file "
+                         f"holds {body:,} bytes after the header ({problem} or a wrong ndim byte)")
     data = np.frombuffer(raw, dtype=dtype, offset=header_bytes)
     return data.reshape(shape)
 
@@ -102,16 +151,30 @@ def _spellings(stem: str) -> tuple[str, ...]:
     return (stem, f"{prefix}.idx{suffix}")
 
 
-def _find_idx_file(data_dir: Path, dataset: str, stem: str) -> Path:
+def _read_idx_file(data_dir: Path, dataset: str, stem: str) -> np.ndarray:
+    """The array of one data-set file, found as the module docstring says (first match wins).
+
+    When a folder holds both the raw file and its ``.gz``, both are read: equal contents use
+    the raw file (logged, naming both), different contents are refused, since which one the
+    user meant cannot be guessed."""
     title, subdirs, url = _SOURCES[dataset]
     tried = []
     for sub in subdirs:
         for spelling in _spellings(stem):
-            for name in (spelling, spelling + ".gz"):
-                candidate = data_dir / sub / name
-                tried.append(candidate)
-                if candidate.is_file():
-                    return candidate
+            raw, packed = data_dir / sub / spelling, data_dir / sub / (spelling + ".gz")
+            tried += [raw, packed]
+            present = [p for p in (raw, packed) if p.is_file()]
+            if len(present) == 1:
+                return read_idx(present[0])
+            if present:
+                plain, unpacked = read_idx(raw), read_idx(packed)
+                if plain.dtype != unpacked.dtype or not np.array_equal(plain, unpacked):  # shapes too
+                    raise ValueError(
+                        f"{title}: {raw} ({plain.dtype} {plain.shape}) and {packed} ({unpacked.dtype} "
+                        f"{unpacked.shape}) both exist and their contents differ; delete the one that "
+                        "is not the data set you mean")
+                _LOG.info("%s and %s both exist with the same contents; reading %s", raw, packed, raw)
+                return plain
     raise FileNotFoundError(
         f"{title} file {stem}[.gz] not found (nor {_spellings(stem)[1]}[.gz]); looked for "
         f"{', '.join(str(p) for p in tried)}. Download it from {url} into "
@@ -170,7 +233,7 @@ def _bundle(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndar
     test_x, test_y = _select(*test, classes, max_test, per_class_test, rng, num_classes, "test")
     to_float = lambda a: a.astype(np.float32) / 255.0  # noqa: E731 - uint8 pixels to [0, 1]
     meta = {"name": name, "classes": classes, "max_train": max_train, "max_test": max_test,
-            "split_seed": split_seed}
+            "split_seed": split_seed, "n_train": len(train_y), "n_test": len(test_y)}
     if per_class_train is not None or per_class_test is not None:
         meta.update(per_class_train=per_class_train, per_class_test=per_class_test)
     return DataBundle(
@@ -192,8 +255,7 @@ def _reject_unknown(name: str, unknown: dict[str, Any]) -> None:
 def _load_idx_dataset(dataset: str, data_dir: Path, classes: Sequence[int] | None,
                       max_train: int | None, max_test: int | None, split_seed: int,
                       per_class_train: int | None, per_class_test: int | None) -> DataBundle:
-    arrays = {key: read_idx(_find_idx_file(Path(data_dir), dataset, stem))
-              for key, stem in _IDX_FILES.items()}
+    arrays = {key: _read_idx_file(Path(data_dir), dataset, stem) for key, stem in _IDX_FILES.items()}
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):

@@ -355,6 +355,7 @@ def load_cola(data_dir: Path, max_len: int = 64, tokenizer: str = "word", vocab:
             "vocab_sha256": hashlib.sha256(joined.encode("utf-8")).hexdigest(),
             "truncated": {"train": train_trunc, "test": test_trunc},
             "max_train": max_train, "max_test": max_test, "split_seed": split_seed,
+            "n_train": len(train_y), "n_test": len(test_y),
             "model_args": {"vocab_size": len(tok.tokens), "pad_id": tok.pad_id}}
     if tokenizer == "word":
         meta.update(min_freq=int(min_freq), max_vocab=max_vocab)
