@@ -381,8 +381,11 @@ def compute(
     """Compute an empirical-NTK-family kernel between the inputs ``x`` and ``y``.
 
     Args:
-        model: network returning (N, C) logits ((N,) means C = 1). Evaluated in eval mode;
-            each module's mode is restored afterwards. The model is never moved or cast.
+        model: network returning (N, C) logits ((N,) means C = 1), as a tensor, a dict with a
+            ``'logits'`` entry or an object with a ``.logits`` attribute (Hugging Face style).
+            Evaluated in eval mode; each module's mode is restored afterwards. The model is
+            never moved or cast. Models torch.func cannot vmap (nn.RNN / GRU / LSTM, ...) get
+            exact per-sample gradients from a loop over samples (logged; slower).
         x, y: Tensor, ndarray, Dataset or DataLoader (tuples: the first element is the input).
             ``y=None`` means y = x (then the normalised kinds have an exact unit diagonal).
         kind: one of ``KINDS`` (definitions in SPEC section 1):

@@ -12,13 +12,14 @@ For the common layers the per-sample gradient factorises, so it is never materia
 
 Samples are independent in eval mode, so one backward of sum_n F^c(x_n) (batched over the
 classes) yields every sample's delta at once. Parameters of any other module (or modules used
-in ways hooks cannot see) go through the generic ``torch.func`` path. On the first batch the
-factorised gradients, summed over the samples with distinct weights (so that a gradient
-attributed to the wrong sample is caught too), are checked against autograd's parameter
-gradients; a module that fails (e.g. its weight is also used functionally elsewhere) falls
-back to the generic path. A Linear/Embedding module whose input lacks the batch dimension
-(a positional embedding of arange(T), broadcast over the batch) gets a per-sample copy of
-its output, so that it stays on the fast path.
+in ways hooks cannot see) go through the generic path (:class:`.generic.SampleJacobians`:
+``torch.func`` where it can batch the model, an exact per-sample loop elsewhere, e.g. RNNs).
+On the first batch the factorised gradients, summed over the samples with distinct weights
+(so that a gradient attributed to the wrong sample is caught too), are checked against
+autograd's parameter gradients; a module that fails (e.g. its weight is also used
+functionally elsewhere) falls back to the generic path. A Linear/Embedding module whose
+input lacks the batch dimension (a positional embedding of arange(T), broadcast over the
+batch) gets a per-sample copy of its output, so that it stays on the fast path.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from torch.func import functional_call
 
 from ..utils import get_logger
 from .forward import checked_forward, parameter_groups
-from .generic import per_sample_jacobians
+from .generic import SampleJacobians
 from .reps import DenseGrad, GradRep, OuterGrad, map_classes
 
 __all__ = ["GradientEngine", "IMPLS"]
@@ -305,6 +306,9 @@ class GradientEngine:
         self._batch = 0  # samples in the batch being forwarded (the hooks compare against it)
         self._expand_unbatched = True  # per-sample copies of unbatched outputs (see _hook)
         self._last_logits: torch.Tensor | None = None
+        # Per-sample Jacobians of the fallback parameters, made on first use (so that its
+        # vmap-or-loop decision, and its log note, only concern models that need it).
+        self._jacobians: SampleJacobians | None = None
         # vmap has no batched convolution backward (it loops over the classes and stacks), so
         # with convolutions a plain loop over classes is faster, and its per-class output
         # gradients feed the conv gradient materialisation without any stacking copy.
@@ -637,7 +641,9 @@ class GradientEngine:
                 out.setdefault(name, []).append(rep)
         fallback = self.fallback_names
         if fallback:
-            jac = per_sample_jacobians(self.model, xb, self.params, self.others, fallback)
+            if self._jacobians is None:
+                self._jacobians = SampleJacobians(self.model)
+            jac = self._jacobians(xb, self.params, self.others, fallback)
             B = xb.shape[0]
             by_group: dict[str, list[str]] = {}
             for n in fallback:

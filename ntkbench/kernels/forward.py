@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Mapping
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -15,8 +16,11 @@ __all__ = [
     "model_device",
     "kernel_device",
     "eval_mode",
+    "ACCEPTED_OUTPUTS",
     "as_logits",
     "checked_forward",
+    "describe_output",
+    "select_logits",
 ]
 
 
@@ -90,23 +94,63 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = flag
 
 
-def as_logits(out: torch.Tensor, batch: int) -> torch.Tensor:
-    """Bring a model output to (B, C); a (B,) output is a single logit (C = 1)."""
+# What a model's forward may return, for the refusal message.
+ACCEPTED_OUTPUTS = (
+    "a tensor of logits (N, C) or (N,), a dict (or other mapping, e.g. a Hugging Face ModelOutput) "
+    "with a 'logits' tensor, an object with a .logits tensor attribute, or a 1-tuple holding the tensor"
+)
+
+
+def describe_output(out: Any) -> str:
+    """Short words for what a forward returned: type, and shape(s) of the tensors in it."""
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
     if isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"model output must be a tensor of logits, got {type(out).__name__}")
-    if out.dim() == 1:
-        out = out.unsqueeze(1)
-    if out.dim() != 2 or out.shape[0] != batch:
-        raise ValueError(
-            f"model output must be logits of shape (N, C) for N={batch} inputs, got {tuple(out.shape)}"
+        items = ", ".join(
+            f"Tensor{tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__ for v in out[:4]
         )
-    return out
+        return f"a {type(out).__name__} of {len(out)} element(s) ({items}{', ...' if len(out) > 4 else ''})"
+    if isinstance(out, Mapping):
+        return f"a {type(out).__name__} with keys {list(out)[:8]} and no 'logits' tensor"
+    return f"an object of type {type(out).__name__}"
+
+
+def select_logits(out: Any) -> torch.Tensor | None:
+    """The logits tensor in a forward's output (see ``ACCEPTED_OUTPUTS``), or None.
+
+    A tuple of several elements is ambiguous (which one holds the logits?) and gives None.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return out[0] if len(out) == 1 and isinstance(out[0], torch.Tensor) else None
+    # Mapping before attributes: a Hugging Face ModelOutput is both, a plain dict only the first.
+    found = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
+    return found if isinstance(found, torch.Tensor) else None
+
+
+def as_logits(out: Any, batch: int) -> torch.Tensor:
+    """Bring a model output to (B, C) logits; a (B,) output is a single logit (C = 1).
+
+    ``out`` is whatever the forward returned: a tensor, a mapping with a ``'logits'`` entry,
+    an object with a ``.logits`` attribute, or a 1-tuple of a tensor. Anything else is
+    refused with a TypeError that says what was returned and what is accepted.
+    """
+    logits = select_logits(out)
+    if logits is None:
+        raise TypeError(f"model output must be {ACCEPTED_OUTPUTS}; got {describe_output(out)}")
+    if logits.dim() == 1:
+        logits = logits.unsqueeze(1)
+    if logits.dim() != 2 or logits.shape[0] != batch:
+        raise ValueError(
+            f"model output must be logits of shape (N, C) for N={batch} inputs, got {tuple(logits.shape)}"
+        )
+    return logits
 
 
 def checked_forward(model: nn.Module, x: torch.Tensor, call=None) -> torch.Tensor:
-    """Run ``call(x)`` (default ``model(x)``) and return (B, C) logits, with clear errors.
+    """Run ``call(x)`` (default ``model(x)``) on a batch ``x`` (B, ...) and return its (B, C)
+    logits (see :func:`as_logits` for the outputs accepted), with clear errors.
 
     A shape mismatch deep inside the forward is re-raised naming the input shape, which is
     almost always the actual mistake.
