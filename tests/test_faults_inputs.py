@@ -19,31 +19,9 @@ import ntkbench.config as config_module
 from ntkbench.config import ConfigError, load_config, validate_config
 from ntkbench.data import load_dataset
 from ntkbench.data.images import load_mnist, read_idx
+from tests.idx_files import idx_bytes, write_idx_set
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    """IDX encoding: two zero bytes, dtype code 0x08 (uint8), ndim, big-endian sizes, data."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def _write_idx_set(folder, n_train=6, n_test=4, gz=True):
-    """The four MNIST files (as tests/test_images.py writes them), raw or gzipped."""
-    folder.mkdir(parents=True, exist_ok=True)
-    images = {"train": np.arange(n_train * 28 * 28).reshape(n_train, 28, 28) % 256,
-              "t10k": (np.arange(n_test * 28 * 28).reshape(n_test, 28, 28) * 3) % 256}
-    labels = {"train": np.arange(n_train) % 3, "t10k": np.arange(n_test) % 3}
-    for prefix in ("train", "t10k"):
-        for kind, arr in (("images-idx3-ubyte", images[prefix]), ("labels-idx1-ubyte", labels[prefix])):
-            name = f"{prefix}-{kind}"
-            if gz:
-                with gzip.open(folder / f"{name}.gz", "wb") as fh:
-                    fh.write(_idx_bytes(arr))
-            else:
-                (folder / name).write_bytes(_idx_bytes(arr))
-    return images, labels
 
 
 @pytest.fixture()
@@ -77,7 +55,7 @@ def test_idx_with_a_wrong_ndim_byte_names_the_file_and_sizes(tmp_path):
     # A labels file (ndim 1) whose magic number says ndim 3: the first label bytes are read as
     # two more sizes, whose product wraps int64 to a negative byte count in numpy.
     labels = np.array([5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5, 3, 6, 1, 7] * 625, dtype=np.uint8)
-    raw = bytearray(_idx_bytes(labels))
+    raw = bytearray(idx_bytes(labels))
     raw[3] = 3
     path = tmp_path / "t10k-labels-idx1-ubyte"
     path.write_bytes(bytes(raw))
@@ -115,7 +93,7 @@ def test_idx_unknown_dtype_code_is_named(tmp_path):
 def test_gzip_without_gz_suffix_is_read_and_said(tmp_path, caplog):
     arr = np.array([[1, 2, 3], [4, 5, 255]], dtype=np.uint8)
     path = tmp_path / "train-images-idx3-ubyte"
-    path.write_bytes(gzip.compress(_idx_bytes(arr)))
+    path.write_bytes(gzip.compress(idx_bytes(arr)))
     with caplog.at_level(logging.INFO, logger="ntkbench.data.images"):
         np.testing.assert_array_equal(read_idx(path), arr)
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
@@ -124,7 +102,7 @@ def test_gzip_without_gz_suffix_is_read_and_said(tmp_path, caplog):
 
 def test_corrupt_gzip_without_gz_suffix_names_the_file(tmp_path):
     arr = np.zeros((4, 28, 28), dtype=np.uint8)
-    data = gzip.compress(_idx_bytes(arr))
+    data = gzip.compress(idx_bytes(arr))
     path = tmp_path / "t10k-images-idx3-ubyte"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte is gzip-compressed but has no \.gz suffix.*corrupt"):
@@ -132,7 +110,7 @@ def test_corrupt_gzip_without_gz_suffix_names_the_file(tmp_path):
 
 
 def test_mnist_folder_of_gzipped_files_without_suffix_loads(tmp_path, caplog):
-    images, _ = _write_idx_set(tmp_path / "src", gz=True)
+    images, _ = write_idx_set(tmp_path / "src", gz=True)
     folder = tmp_path / "data" / "mnist"
     folder.mkdir(parents=True)
     for gz in (tmp_path / "src").glob("*.gz"):
@@ -145,15 +123,15 @@ def test_mnist_folder_of_gzipped_files_without_suffix_loads(tmp_path, caplog):
 
 def test_plain_file_with_gz_suffix_says_so(tmp_path):
     path = tmp_path / "plain.gz"
-    path.write_bytes(_idx_bytes(np.zeros(3, dtype=np.uint8)))
+    path.write_bytes(idx_bytes(np.zeros(3, dtype=np.uint8)))
     with pytest.raises(ValueError, match=r"plain\.gz: cannot decompress.*not gzip-compressed.*raw IDX"):
         read_idx(path)
 
 
 # ----------------------------------------------------------------------------- raw and .gz both present
 def test_raw_and_gz_with_equal_contents_use_one_and_say_which(tmp_path, caplog):
-    images, _ = _write_idx_set(tmp_path / "mnist", gz=True)
-    _write_idx_set(tmp_path / "mnist", gz=False)
+    images, _ = write_idx_set(tmp_path / "mnist", gz=True)
+    write_idx_set(tmp_path / "mnist", gz=False)
     with caplog.at_level(logging.INFO, logger="ntkbench.data.images"):
         bundle = load_mnist(tmp_path)
     np.testing.assert_allclose(bundle.train.x[:, 0].numpy(), images["train"] / 255.0, atol=1e-7)
@@ -164,8 +142,8 @@ def test_raw_and_gz_with_equal_contents_use_one_and_say_which(tmp_path, caplog):
 
 
 def test_raw_and_gz_with_different_contents_are_refused(tmp_path):
-    _write_idx_set(tmp_path / "mnist", gz=True)
-    _write_idx_set(tmp_path / "mnist", n_train=7, gz=False)  # another training set
+    write_idx_set(tmp_path / "mnist", gz=True)
+    write_idx_set(tmp_path / "mnist", n_train=7, gz=False)  # another training set
     raw = tmp_path / "mnist" / "train-images-idx3-ubyte"
     with pytest.raises(ValueError) as err:
         load_mnist(tmp_path)
@@ -186,7 +164,7 @@ def test_digits_max_train_beyond_the_data_warns_and_records_counts(caplog):
 
 
 def test_image_loaders_record_counts_and_refuse_a_larger_max_train(tmp_path):
-    _write_idx_set(tmp_path / "mnist", gz=True)
+    write_idx_set(tmp_path / "mnist", gz=True)
     bundle = load_dataset({"name": "mnist", "max_train": 4}, data_dir=tmp_path)
     assert bundle.meta["n_train"] == 4 and bundle.meta["n_test"] == 4
     with pytest.raises(ValueError, match=r"data\.max_train: asked for 9 images but only 6"):

@@ -1,7 +1,6 @@
 """Real image data readers on tiny files written in the real formats, and the Shan et al. CNN."""
 import gzip
 import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -9,47 +8,26 @@ import torch
 
 from ntkbench.data import load_dataset
 from ntkbench.data.images import load_cifar10, load_fmnist, load_mnist, read_idx
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    """IDX encoding: two zero bytes, dtype code 0x08 (uint8), ndim, big-endian sizes, data."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def _write_idx_set(folder, n_train=6, n_test=4, gz=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    images = {"train": np.arange(n_train * 28 * 28).reshape(n_train, 28, 28) % 256,
-              "t10k": (np.arange(n_test * 28 * 28).reshape(n_test, 28, 28) * 3) % 256}
-    labels = {"train": np.arange(n_train) % 3, "t10k": np.arange(n_test) % 3}
-    for prefix in ("train", "t10k"):
-        for kind, arr in (("images-idx3-ubyte", images[prefix]), ("labels-idx1-ubyte", labels[prefix])):
-            name = f"{prefix}-{kind}"
-            if gz:
-                with gzip.open(folder / f"{name}.gz", "wb") as fh:
-                    fh.write(_idx_bytes(arr))
-            else:
-                (folder / name).write_bytes(_idx_bytes(arr))
-    return images, labels
+from tests.idx_files import idx_bytes, write_idx_set
 
 
 def test_read_idx_raw_and_gz(tmp_path):
     arr = np.array([[1, 2, 3], [4, 5, 255]], dtype=np.uint8)
-    (tmp_path / "a").write_bytes(_idx_bytes(arr))
+    (tmp_path / "a").write_bytes(idx_bytes(arr))
     with gzip.open(tmp_path / "a.gz", "wb") as fh:
-        fh.write(_idx_bytes(arr))
+        fh.write(idx_bytes(arr))
     np.testing.assert_array_equal(read_idx(tmp_path / "a"), arr)
     np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), arr)
     (tmp_path / "bad").write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
     with pytest.raises(ValueError, match="not an IDX file"):
         read_idx(tmp_path / "bad")
-    (tmp_path / "short").write_bytes(_idx_bytes(arr)[:-2])
+    (tmp_path / "short").write_bytes(idx_bytes(arr)[:-2])
     with pytest.raises(ValueError, match="truncated"):
         read_idx(tmp_path / "short")
 
 
 def test_mnist_gz_in_mnist_folder(tmp_path):
-    images, labels = _write_idx_set(tmp_path / "mnist", gz=True)
+    images, labels = write_idx_set(tmp_path / "mnist", gz=True)
     bundle = load_mnist(tmp_path)
     assert bundle.input_shape == (1, 28, 28) and bundle.num_classes == 10
     np.testing.assert_allclose(bundle.train.x[:, 0].numpy(), images["train"] / 255.0, atol=1e-7)
@@ -58,7 +36,7 @@ def test_mnist_gz_in_mnist_folder(tmp_path):
 
 
 def test_fmnist_raw_torchvision_layout_classes_and_subset(tmp_path):
-    _write_idx_set(tmp_path / "FashionMNIST" / "raw", gz=False)
+    write_idx_set(tmp_path / "FashionMNIST" / "raw", gz=False)
     # Classes [2, 1] are relabelled 0, 1 in that order; training labels 0,1,2,0,1,2 -> keep 4.
     bundle = load_fmnist(tmp_path, classes=[2, 1])
     assert bundle.num_classes == 2 and bundle.train.y.tolist() == [1, 0, 1, 0]
@@ -202,14 +180,14 @@ def test_shan_cnn_matches_paper_parameter_count():
 def _write_idx(path, array, gz):
     if gz:
         with gzip.open(path, "wb") as fh:
-            fh.write(_idx_bytes(array))
+            fh.write(idx_bytes(array))
     else:
-        path.write_bytes(_idx_bytes(array))
+        path.write_bytes(idx_bytes(array))
 
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_mnist_accepts_dotted_file_names(tmp_path, gz):
-    images, labels = _write_idx_set(tmp_path / "std", gz=gz)
+    images, labels = write_idx_set(tmp_path / "std", gz=gz)
     folder = tmp_path / "dotted" / "mnist"
     folder.mkdir(parents=True)
     for prefix in ("train", "t10k"):
@@ -222,7 +200,7 @@ def test_mnist_accepts_dotted_file_names(tmp_path, gz):
 
 def test_idx_errors_name_the_file(tmp_path):
     arr = np.zeros((2, 28, 28), dtype=np.uint8)
-    full = _idx_bytes(arr)
+    full = idx_bytes(arr)
     (tmp_path / "header").write_bytes(full[:10])  # magic + dims 1 and part of 2 of 3
     with pytest.raises(ValueError, match=r"header.*truncated IDX header"):
         read_idx(tmp_path / "header")
@@ -238,7 +216,7 @@ def test_idx_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere"):
         read_idx(tmp_path / "nothere")
     # Inside the loader the message names the data set file too.
-    _write_idx_set(tmp_path / "data" / "mnist", gz=False)
+    write_idx_set(tmp_path / "data" / "mnist", gz=False)
     (tmp_path / "data" / "mnist" / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08")
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte"):
         load_mnist(tmp_path / "data")
