@@ -43,10 +43,13 @@ def read_all(path: Path) -> None:
                 store.read_dataset(f["kernel"][name], ..., path)
 
 
-def kernel_rows(n_trntk: int, n_entk: int, repeat: int, tmp: Path) -> list[dict]:
+MODELS = {"mlp": ("mlp-784-100x3-10", bench.mlp, (784,)), "cnn": ("cnn-16-32-32", bench.cnn, (1, 28, 28))}
+
+
+def kernel_rows(n_trntk: int, n_entk: int, repeat: int, tmp: Path, names: list[str]) -> list[dict]:
     rows = []
-    cases = [("mlp-784-100x3-10", bench.mlp(), (784,)), ("cnn-16-32-32", bench.cnn(), (1, 28, 28))]
-    for name, model, shape in cases:
+    for name, build, shape in (MODELS[n] for n in names):
+        model = build()
         model.eval()
         for kind, n in (("trntk", n_trntk), ("entk", n_entk)):
             x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
@@ -87,12 +90,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N = 400 / 100, one round")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--n-trntk", type=int, default=2000, help="points of the trntk kernels")
+    parser.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
+    parser.add_argument("--n-entk", type=int, default=400, help="points of the entk kernels (C x C entries each)")
     args = parser.parse_args()
-    n_trntk, n_entk, repeat = (400, 100, 1) if args.quick else (2000, 400, args.repeat)
+    n_trntk, n_entk, repeat = (400, 100, 1) if args.quick else (args.n_trntk, args.n_entk, args.repeat)
     print(f"# checksums benchmark, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}\n")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = kernel_rows(n_trntk, n_entk, repeat, Path(tmp))
+        rows = kernel_rows(n_trntk, n_entk, repeat, Path(tmp), args.models.split(","))
         print("| model | kind | N | file MB | kernel job, plain s | with fletcher32 s | overhead | "
               "full read check, plain s | checked s | overhead |")
         print("|---|---|---|---|---|---|---|---|---|---|")
