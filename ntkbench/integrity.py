@@ -17,7 +17,9 @@ never deleted silently.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -45,8 +47,8 @@ __all__ = [
 # The key of a checkpoint's content hash (its value is over everything else in the dict).
 CHECKSUM_KEY = "sha256"
 
-# Result files (paths relative to the results directory) and the rule that writes them, so a
-# damaged file's error can say which rule recomputes it. First match wins.
+# When Snakemake's own record of a file is not at hand: result files and the rule that writes
+# them, so that a damaged file's error can still say which rule recomputes it. First match wins.
 _PRODUCERS: tuple[tuple[str, str], ...] = (
     (r"(^|/)[^/]+/data\.npz$", "prepare_data"),
     (r"/seed\d+/(model\.pt|logits\.npz|training\.csv)$", "train"),
@@ -54,16 +56,24 @@ _PRODUCERS: tuple[tuple[str, str], ...] = (
     (r"/seed\d+/kernels/[^/]+\.h5$", "kernel (kernel_gather when kernels are tiled)"),
     (r"/seed\d+/kglm/[^/@]+@[^/]+\.(json|npz)$", "kglm_variant"),
     (r"/seed\d+/kglm/[^/]+\.(json|npz)$", "kglm"),
-    (r"/attribution/subsets\.npz$", "attribution_subsets"),
-    (r"/attribution/.*gradients.*\.npz$", "attribution_gradients"),
-    (r"/attribution/.*mislabel.*$", "attribution_mislabel"),
-    (r"/attribution/", "attribution_lds"),
+    (r"/seed\d+/(checkpoints\.pt|training_curve\.csv)$", "modadd_train (tf_train for a transformer)"),
+    (r"/seed\d+/class_avg_spectra\.npz$", "modadd_spectra"),
+    (r"/seed\d+/full_entk_top\.npz$", "modadd_full_entk"),
+    (r"/attribution/subsets/[^/]+\.npz$", "attribution_subsets"),
+    (r"/attribution/gradients\.npz$", "attribution_gradients"),
+    (r"/attribution/mislabel\.(npz|json)$", "attribution_mislabel"),
+    (r"/attribution/attribution\.csv$", "attribution_lds"),
+    (r"(^|/)attribution\.(csv|md|png)$", "attribution_table"),
     (r"/analysis/", "analysis"),
-    (r"/forensics", "forensics"),
-    (r"(^|/)tms/[^/]+/model\.pt$", "tms_train"),
-    (r"(^|/)tms/[^/]+/spectrum\.npz$", "tms_spectrum"),
-    (r"/checkpoints\.pt$", "modadd_train / tf_train"),
+    (r"/(forensics[^/]*|attack)\.(csv|md|png)$", "forensics"),
+    (r"(^|/)tms/runs/[^/]+/(model\.pt|loss\.csv)$", "tms_train"),
+    (r"(^|/)tms/runs/[^/]+/spectrum\.npz$", "tms_spectrum"),
+    (r"(^|/)summary[^/]*\.(csv|md|png)$", "summary"),
 )
+
+# Snakemake's record of every output it wrote: .snakemake/metadata/<urlsafe base64 of the path
+# relative to the working directory>, a JSON object naming the rule.
+_SNAKEMAKE_METADATA = Path(".snakemake") / "metadata"
 
 
 class CorruptFileError(ValueError):
@@ -76,8 +86,23 @@ class CorruptFileError(ValueError):
         super().__init__(f"{path}: {problem}. {recompute_hint(path)}")
 
 
-def producing_rule(path: str | os.PathLike) -> str | None:
-    """The workflow rule that writes ``path`` (a file under ``results/``), or None if unknown."""
+def producing_rule(path: str | os.PathLike, workdir: str | os.PathLike | None = None) -> str | None:
+    """The workflow rule that writes ``path`` (a file under ``results/``), or None if unknown.
+
+    Snakemake's own record of the file, under ``<workdir>/.snakemake/metadata`` (``workdir``
+    defaults to the current directory, where Snakemake runs every job), comes first; without
+    it, the rule is read off the results layout.
+    """
+    workdir = Path.cwd() if workdir is None else Path(workdir)
+    try:
+        rel = Path(os.path.relpath(Path(path).resolve(), workdir.resolve())).as_posix()
+        record = workdir / _SNAKEMAKE_METADATA / base64.urlsafe_b64encode(rel.encode()).decode()
+        if not rel.startswith("..") and len(record.name) < 255 and record.is_file():
+            rule = json.loads(record.read_text()).get("rule")
+            if isinstance(rule, str) and rule:
+                return rule
+    except (OSError, ValueError):  # no record, or an unreadable one: fall back to the layout
+        pass
     posix = Path(path).as_posix()
     for pattern, rule in _PRODUCERS:
         if re.search(pattern, posix):
@@ -85,9 +110,10 @@ def producing_rule(path: str | os.PathLike) -> str | None:
     return None
 
 
-def recompute_hint(path: str | os.PathLike) -> str:
-    """How to recompute ``path``: delete it and rerun (and, when known, the ``--forcerun`` rule)."""
-    rule = producing_rule(path)
+def recompute_hint(path: str | os.PathLike, workdir: str | os.PathLike | None = None) -> str:
+    """How to recompute ``path``: delete it and rerun (and, when known, the ``--forcerun`` rule;
+    see :func:`producing_rule`)."""
+    rule = producing_rule(path, workdir)
     hint = f"To recompute it, delete it (rm '{path}') and rerun the workflow (make run, or snakemake)"
     if rule is not None:
         hint += f"; or rerun its rule with snakemake --forcerun {rule.split()[0]}"

@@ -208,10 +208,14 @@ def _artifacts(root: Path) -> Iterator[Path]:
 
 
 def verify_results(root: str | Path, progress: Callable[[str], None] | None = None) -> tuple[int, list[Finding]]:
-    """Check every artifact under ``root``; returns (files checked, findings), read-only."""
+    """Check every artifact under ``root``; returns (files checked, findings), read-only.
+
+    The rule that recomputes a damaged file is taken from Snakemake's records in the directory
+    above ``root`` (the workflow's working directory), else from the results layout."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"results directory {root} does not exist")
+    workdir = root.resolve().parent  # where Snakemake ran: its records name each file's rule
     files = sorted(_artifacts(root), key=lambda p: (_ORDER.get(p.name, _ORDER.get(p.suffix, 4)), str(p)))
     cache, findings = _Cache(), []
     for i, path in enumerate(files, 1):
@@ -222,9 +226,9 @@ def verify_results(root: str | Path, progress: Callable[[str], None] | None = No
         try:
             CHECKS[path.suffix](path, cache)
         except CorruptFileError as err:
-            findings.append(Finding(path, err.problem, recompute_hint(path)))
+            findings.append(Finding(path, err.problem, recompute_hint(path, workdir)))
         except (OSError, ValueError) as err:
-            findings.append(Finding(path, f"{type(err).__name__}: {err}", recompute_hint(path)))
+            findings.append(Finding(path, f"{type(err).__name__}: {err}", recompute_hint(path, workdir)))
         if progress is not None and (i % 50 == 0 or i == len(files)):
             progress(f"verify: {i}/{len(files)} files checked, {len(findings)} damaged")
     return len(files), findings
