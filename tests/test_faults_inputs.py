@@ -280,3 +280,16 @@ def test_snakemake_refuses_a_config_file_with_a_duplicate_key(tmp_path):
                           capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "duplicate key 'alpha'" in out and "config.yaml" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"name": "digits", "per_class_train": 5}, "per_class_train"),
+    ({"name": "digits", "per_class_test": 5}, "per_class_test"),
+    ({"name": "mnist", "test_fraction": 0.2}, "test_fraction"),
+    ({"name": "cifar10", "test_fraction": 0.2}, "test_fraction"),
+])
+def test_data_keys_a_loader_does_not_take_are_refused_at_validation(default_config, data, key):
+    """Before: validated, then a TypeError or ValueError in the data job."""
+    default_config["experiments"]["digits2-mlp"]["data"] = data
+    with pytest.raises(ConfigError, match=rf"experiments\.digits2-mlp\.data\.{key}: does not apply to this data set"):
+        validate_config(default_config)
