@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install dry-run bench clean-results report verify
+.PHONY: run test install dry-run bench clean-results report verify wheel-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ report: $(STAMP)
 RESULTS ?= results
 verify: $(STAMP)
 	$(BIN)/python -m ntkbench.stages.verify $(RESULTS)
+
+# Build the wheel, install it into a fresh venv outside the checkout, run ci/wheel/smoke.py there.
+wheel-test: $(STAMP)
+	bash ci/wheel/wheel_test.sh
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES)

@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import numbers
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import yaml
 
 from ntkbench.kinds import kind_info
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+# The schema ships inside the package (read with importlib.resources), so an installed ntkbench
+# validates configs without a checkout; the workflow validates against the same file.
+SCHEMA_RESOURCE = resources.files("ntkbench") / "resources" / "config.schema.yaml"
 
 __all__ = [
     "ConfigError",
@@ -102,8 +105,12 @@ def check_config_files(paths: Any) -> None:
         load_yaml(path)
 
 
-def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    return load_yaml(path)
+def load_schema(path: str | Path | None = None) -> dict[str, Any]:
+    """The config schema: the packaged ``ntkbench/resources/config.schema.yaml`` unless ``path``."""
+    if path is not None:
+        return load_yaml(path)
+    with resources.as_file(SCHEMA_RESOURCE) as packaged:
+        return load_yaml(packaged)
 
 
 def _with_defaults(validator_cls: type) -> type:
@@ -180,7 +187,7 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None
         if err.validator == "additionalProperties":
             msg = f"unknown key(s): {msg.split('(')[-1].rstrip(')')}"
         elif err.validator == "not" and err.validator_value == {}:  # schema: key of another data set
-            msg = "does not apply to this data set (see data: in schemas/config.schema.yaml)"
+            msg = "does not apply to this data set (see data: in ntkbench/resources/config.schema.yaml)"
         elif err.validator == "type":
             msg = _type_message(err)
         lines.append(f"  {_key_path(err)}: {msg}")

@@ -70,3 +70,22 @@ def test_experiment_kglm_overrides_only_the_keys_it_sets():
     assert experiment_kglm(cfg, "a")["target"] == "predictions"  # not the schema default "labels"
     assert experiment_kglm(cfg, "a")["alpha"] == 1e-2 and experiment_kglm(cfg, "b")["alpha"] == 0.5
     assert experiment_kglm(cfg, "b")["class_weight"] == "balanced"  # the global block keeps its defaults
+
+
+def test_schema_ships_inside_the_package():
+    """An installed ntkbench (not a checkout) reads its schema with importlib.resources; the
+    built wheel is checked end to end by `make wheel-test` (ci/wheel/wheel_test.sh)."""
+    import tomllib
+    from pathlib import Path
+
+    import ntkbench
+    from ntkbench.config import SCHEMA_RESOURCE, load_schema
+
+    package = Path(ntkbench.__file__).resolve().parent
+    schema = Path(str(SCHEMA_RESOURCE)).resolve()
+    assert schema.is_file() and schema.is_relative_to(package)
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    data = pyproject["tool"]["setuptools"]["package-data"]["ntkbench"]
+    assert any(schema.relative_to(package).match(pattern) for pattern in data)
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ntkbench.__version__"}
+    assert load_schema()["title"] == "ntkbench workflow configuration"

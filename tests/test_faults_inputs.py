@@ -267,7 +267,7 @@ def test_every_shipped_config_has_unique_keys():
 
 @pytest.mark.slow
 def test_snakemake_refuses_a_config_file_with_a_duplicate_key(tmp_path):
-    for name in ("Snakefile", "rules", "workflow_scripts", "schemas", "profiles", "ntkbench", "report", "config.yaml"):
+    for name in ("Snakefile", "rules", "workflow_scripts", "profiles", "ntkbench", "report", "config.yaml"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -19,7 +19,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-WORKFLOW_FILES = ["Snakefile", "rules", "workflow_scripts", "schemas", "profiles", "ntkbench", "report"]
+WORKFLOW_FILES = ["Snakefile", "rules", "workflow_scripts", "profiles", "ntkbench", "report"]
 TINY_CONFIGS = ["main_tiny.yaml", "forensics_tiny.yaml", "spectral_tiny.yaml"]
 
 pytestmark = pytest.mark.slow

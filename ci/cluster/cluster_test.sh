@@ -21,7 +21,7 @@ BIN="$REPO/.venv/bin"
 HERE="$REPO/ci/cluster"
 TIMEOUT="${CLUSTER_TEST_TIMEOUT:-1800}"
 CORES="${CORES:-$(nproc)}"
-WORKFLOW_FILES=(Snakefile config.yaml rules workflow_scripts schemas profiles ntkbench)
+WORKFLOW_FILES=(Snakefile config.yaml rules workflow_scripts profiles ntkbench)
 
 log() { echo "[cluster-test $(date +%H:%M:%S)] $*" >&2; }
 

@@ -32,7 +32,7 @@ class TrainConfig:
     batch_size: int = 64
     momentum: float = 0.0
     weight_decay: float = 0.0
-    loss: str = "cross_entropy"  # the schema's default too (schemas/config.schema.yaml, train.loss)
+    loss: str = "cross_entropy"  # the schema's default too (ntkbench/resources/config.schema.yaml, train.loss)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
