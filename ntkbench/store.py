@@ -42,6 +42,8 @@ __all__ = [
     "CHECKSUMMED",
     "VALUE_DATASETS",
     "read_dataset",
+    "unchecked_datasets",
+    "require_checksums",
     "decode_attr",
 ]
 
@@ -141,7 +143,7 @@ def open_kernel_group(
         grp = f[group]
         stored = {k: decode_attr(grp.attrs.get(k)) for k in IDENTITY_KEYS}
         diffs = [f"{k}: file has {stored[k]!r}, requested {wanted[k]!r}" for k in IDENTITY_KEYS if stored[k] != wanted[k]]
-        unchecked = [name for name in VALUE_DATASETS if name in grp and not grp[name].fletcher32]
+        unchecked = unchecked_datasets(grp)
         if unchecked:  # written by an older ntkbench: blocks added now would be checksummed, the rest not
             diffs.append(f"datasets {unchecked} carry no fletcher32 checksums")
         if diffs:
@@ -220,6 +222,20 @@ def read_kernel(path: str | os.PathLike, group: str = "kernel", allow_incomplete
                             read_dataset(grp["diag_y"], ..., path), attrs)
 
 
+def unchecked_datasets(grp: h5py.Group) -> list[str]:
+    """The value datasets of kernel group ``grp`` that carry no fletcher32 checksum."""
+    return [name for name in VALUE_DATASETS if name in grp and not grp[name].fletcher32]
+
+
+def require_checksums(path: str | os.PathLike, group: str, grp: h5py.Group) -> None:
+    """Raise :class:`ntkbench.integrity.CorruptFileError` unless every value dataset of ``grp``
+    carries its checksum (a file written before checksums cannot be verified)."""
+    unchecked = unchecked_datasets(grp)
+    if unchecked:
+        raise CorruptFileError(path, f"group {group}: datasets {unchecked} carry no fletcher32 checksums "
+                                     "(written by an older ntkbench), so their values cannot be verified")
+
+
 def read_dataset(ds: h5py.Dataset, selection: Any, path: str | os.PathLike) -> np.ndarray:
     """``ds[selection]``; a read error (a chunk whose fletcher32 checksum does not match, a
     truncated file) raises :class:`ntkbench.integrity.CorruptFileError` naming the file and dataset."""
@@ -263,10 +279,7 @@ def check_kernel(path: str | os.PathLike, group: str, expected: Mapping[str, Any
         if diffs:
             raise KernelCheckError(f"{where} is not the kernel this stage needs: " + "; ".join(diffs)
                                    + f". {recompute_hint(path)}")
-        unchecked = [name for name in VALUE_DATASETS if name in grp and not grp[name].fletcher32]
-        if unchecked:
-            raise CorruptFileError(path, f"group {group}: datasets {unchecked} carry no fletcher32 checksums "
-                                         "(written by an older ntkbench), so their values cannot be verified")
+        require_checksums(path, group, grp)
         for name in ("diag_x", "diag_y"):
             read_dataset(grp[name], ..., path)  # verifies their checksums
         ds = grp["kernel"]

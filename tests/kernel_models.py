@@ -151,3 +151,17 @@ def with_bn_stats(model: nn.Module) -> nn.Module:
             m.weight.data.uniform_(0.5, 1.5, generator=g)
             m.bias.data.uniform_(-0.5, 0.5, generator=g)
     return model
+
+
+def assert_kernels_match(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ref_xy: dict, ref_xx: dict,
+                         kinds, impl: str, label: str) -> None:
+    """``kernels.compute`` in float64 equals the brute-force references (``brute_kernels``) for
+    every kind, on (x, y) and on (x, x), to rtol 1e-9 / atol 1e-10."""
+    from ntkbench import kernels
+
+    for kind in kinds:
+        k = kernels.compute(model, x, y, kind, dtype=torch.float64, impl=impl)
+        torch.testing.assert_close(k, ref_xy[kind], rtol=1e-9, atol=1e-10, msg=f"{label} {kind} {impl}")
+        kxx = kernels.compute(model, x, kind=kind, dtype=torch.float64, impl=impl)
+        torch.testing.assert_close(kxx, ref_xx[kind], rtol=1e-9, atol=1e-10, msg=f"{label} {kind} {impl} xx")
+

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ntkbench import kernels
-from tests.kernel_models import MLP, brute_jacobian, brute_kernels
+from tests.kernel_models import MLP, assert_kernels_match, brute_jacobian, brute_kernels
 
 F64 = torch.float64
 KINDS = ["entk", "trntk", "trntk0", "pntk", "pntk0"]
@@ -82,11 +82,7 @@ def recurrent_references():
 @pytest.mark.parametrize("case", list(RECURRENT))
 def test_recurrent_classifiers_match_brute_force(recurrent_references, case, impl):
     model, x, y, ref_xy, ref_xx = recurrent_references[case]
-    for kind in KINDS:
-        k = kernels.compute(model, x, y, kind, dtype=F64, impl=impl)
-        torch.testing.assert_close(k, ref_xy[kind], rtol=1e-9, atol=1e-10, msg=f"{case} {kind} {impl}")
-        kxx = kernels.compute(model, x, kind=kind, dtype=F64, impl=impl)
-        torch.testing.assert_close(kxx, ref_xx[kind], rtol=1e-9, atol=1e-10, msg=f"{case} {kind} {impl} xx")
+    assert_kernels_match(model, x, y, ref_xy, ref_xx, KINDS, impl, case)
 
 
 def test_recurrent_jacobian_matches_brute_force(recurrent_references):

@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ntkbench import kernels
 from tests.kernel_models import (
-    BinaryNet, MLP, OddNet, SmallCNN, TokenNet, ViewCNN, brute_jacobian, brute_kernels, with_bn_stats,
+    BinaryNet, MLP, OddNet, SmallCNN, TokenNet, ViewCNN, assert_kernels_match, brute_jacobian, brute_kernels,
+    with_bn_stats,
 )
 
 F64 = torch.float64
@@ -51,11 +52,7 @@ def references():
 def test_gradient_kinds_match_brute_force(references, case, impl):
     model, x, y, ref_xy, ref_xx = references[case]
     impl = "auto" if case == "odd" and impl == "fast" else impl  # odd needs the verified fallback
-    for kind in GRAD_KINDS:
-        k = kernels.compute(model, x, y, kind, dtype=F64, impl=impl)
-        torch.testing.assert_close(k, ref_xy[kind], rtol=1e-9, atol=1e-10, msg=f"{case} {kind} {impl}")
-        kxx = kernels.compute(model, x, kind=kind, dtype=F64, impl=impl)
-        torch.testing.assert_close(kxx, ref_xx[kind], rtol=1e-9, atol=1e-10, msg=f"{case} {kind} xx")
+    assert_kernels_match(model, x, y, ref_xy, ref_xx, GRAD_KINDS, impl, case)
 
 
 def test_fast_path_agrees_with_generic_float32(references):

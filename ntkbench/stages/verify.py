@@ -77,15 +77,8 @@ class _Cache:
         return None if isinstance(value, Exception) else value
 
 
-def _experiment_dir(path: Path) -> Path | None:
-    """``<experiment>/`` of a file inside ``<experiment>/seed<k>/...``, if it is one."""
-    for parent in path.parents:
-        if parent.name.startswith("seed") and parent.name[4:].isdigit():
-            return parent.parent
-    return None
-
-
 def _seed_dir(path: Path) -> Path | None:
+    """``<experiment>/seed<k>/`` of a file inside it (its parent holds ``data.npz``), if it is one."""
     for parent in path.parents:
         if parent.name.startswith("seed") and parent.name[4:].isdigit():
             return parent
@@ -106,8 +99,9 @@ def _check_npz(path: Path, cache: _Cache) -> None:
             raise cache.bundles[path]  # type: ignore[misc]
         return
     arrays = load_npz(path)
-    if path.name == "logits.npz" and _seed_dir(path) is not None:
-        model_path, data_path = _seed_dir(path) / "model.pt", _experiment_dir(path) / "data.npz"
+    seed_dir = _seed_dir(path)
+    if path.name == "logits.npz" and seed_dir is not None:
+        model_path, data_path = seed_dir / "model.pt", seed_dir.parent / "data.npz"
         bundle = cache.bundle(data_path) if data_path.exists() else None
         loaded = cache.model(model_path) if model_path.exists() else None
         if bundle is None or loaded is None:
@@ -135,10 +129,7 @@ def _check_h5(path: Path, cache: _Cache) -> None:
             grp = f[name]
             if not bool(store.decode_attr(grp.attrs.get("complete", False))):
                 raise CorruptFileError(path, f"group {name}: the computation did not finish (complete = False)")
-            unchecked = [d for d in store.VALUE_DATASETS if d in grp and not grp[d].fletcher32]
-            if unchecked:
-                raise CorruptFileError(path, f"group {name}: datasets {unchecked} carry no fletcher32 checksums "
-                                             "(written by an older ntkbench)")
+            store.require_checksums(path, name, grp)
             for d in store.VALUE_DATASETS:
                 if d not in grp:
                     continue
@@ -158,11 +149,10 @@ def _check_kernel_provenance(path: Path, group: str, grp: h5py.Group, cache: _Ca
     model_path, data_path = seed_dir / "model.pt", seed_dir.parent / "data.npz"
     loaded = cache.model(model_path) if model_path.exists() else None
     if loaded is not None:
-        stored = store.decode_attr(grp.attrs.get("model_fingerprint"))
-        if stored != store.model_fingerprint(loaded[0]):
+        stored, actual = store.decode_attr(grp.attrs.get("model_fingerprint")), store.model_fingerprint(loaded[0])
+        if stored != actual:
             raise CorruptFileError(path, f"group {group} was computed from another network than {model_path} "
-                                         f"(model fingerprint {stored}, the network's is "
-                                         f"{store.model_fingerprint(loaded[0])})")
+                                         f"(model fingerprint {stored}, the network's is {actual})")
     bundle = cache.bundle(data_path) if data_path.exists() else None
     if bundle is not None and group.endswith("_train"):
         split = group[: -len("_train")]
