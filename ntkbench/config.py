@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import numbers
@@ -24,6 +25,8 @@ __all__ = [
     "load_yaml",
     "check_config_files",
     "load_schema",
+    "schema_default",
+    "attribution_seed",
     "validate_config",
     "load_config",
     "experiment_kglm",
@@ -111,6 +114,27 @@ def load_schema(path: str | Path | None = None) -> dict[str, Any]:
         return load_yaml(path)
     with resources.as_file(SCHEMA_RESOURCE) as packaged:
         return load_yaml(packaged)
+
+
+@functools.lru_cache(maxsize=1)
+def packaged_schema() -> dict[str, Any]:
+    """The packaged schema, read once (do not mutate it: :func:`load_schema` gives a copy)."""
+    return load_schema()
+
+
+def schema_default(*keys: str) -> Any:
+    """The schema's default of the setting at ``keys`` (e.g. ``("attribution", "trak",
+    "proj_dim")``): library functions take their defaults from here, so that each default is
+    written once, in the schema. A KeyError names a path with no default."""
+    node = packaged_schema()
+    for i, key in enumerate(keys):
+        props = node.get("properties", {})
+        if key not in props:
+            raise KeyError(f"config schema has no setting {'.'.join(keys[: i + 1])}")
+        node = props[key]
+    if "default" not in node:
+        raise KeyError(f"config schema setting {'.'.join(keys)} has no default")
+    return copy.deepcopy(node["default"])
 
 
 def _with_defaults(validator_cls: type) -> type:
@@ -272,6 +296,7 @@ def _cross_checks(cfg: dict[str, Any]) -> list[str]:
     if "modadd_tf" in tasks:
         problems += _modadd_tf_checks(spectral["modadd_tf"])
     problems += _analysis_checks(cfg)
+    problems += _attribution_checks(cfg)
     kopts = cfg.get("kernel_options") or {}
     if kopts.get("tile_size") is not None and kopts["tile_size"] % kopts["block_size"]:
         problems.append(f"kernel_options.tile_size: {kopts['tile_size']} must be a multiple of kernel_options.block_size "
@@ -359,6 +384,27 @@ def _projection_memory_checks(cfg: dict[str, Any]) -> list[str]:
             f"{rows:,} training points ({reason}) x {width} output(s) x K x {itemsize} bytes "
             f"({kopts.get('dtype', 'float32')}), more than resources.kernels.mem_mb = {budget_mb} MB. Lower "
             "kernel_options.proj_dim (or kernel_options.block_size), or raise resources.kernels.mem_mb"]
+
+
+def _attribution_checks(cfg: dict[str, Any]) -> list[str]:
+    """The attribution benchmark's experiments exist, and its seed is one the DAG trains."""
+    block = cfg.get("attribution") or {}
+    experiments = cfg.get("experiments") or {}
+    problems = []
+    for exp in block.get("experiments") or []:
+        if exp not in experiments:
+            problems.append(f"attribution.experiments: {exp!r} is not an experiment (has {sorted(experiments)})")
+        elif block.get("seed") is not None and block["seed"] not in experiment_seeds(cfg, exp):
+            problems.append(f"attribution.seed: {block['seed']} is not a training seed of {exp!r} "
+                            f"({experiment_seeds(cfg, exp)}); the attributed network must be one the DAG trains")
+    return problems
+
+
+def attribution_seed(config: dict[str, Any], experiment: str) -> int:
+    """Training seed of the attribution benchmark's network of ``experiment``:
+    ``attribution.seed``, or the experiment's first seed when that is null."""
+    seed = config["attribution"]["seed"]
+    return experiment_seeds(config, experiment)[0] if seed is None else seed
 
 
 def _analysis_checks(cfg: dict[str, Any]) -> list[str]:

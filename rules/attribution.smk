@@ -9,7 +9,7 @@
 import math
 import re
 
-from ntkbench.config import ConfigError, experiment_kglm, experiment_seeds, kernels_with_kglm
+from ntkbench.config import attribution_seed as config_attribution_seed, experiment_kglm, kernels_with_kglm
 from ntkbench.kinds import options_for
 
 ATTRIBUTION = config["attribution"]
@@ -19,25 +19,9 @@ ATTRIBUTION_DIR = f"{RESULTS}/{{experiment}}/attribution"
 ATTRIBUTION_CHUNKS = math.ceil(ATTRIBUTION["num_subsets"] / ATTRIBUTION["subsets_per_job"])
 
 
-def _attribution_problems():
-    problems = []
-    for exp in ATTRIBUTION_EXPERIMENTS:
-        if exp not in EXPERIMENTS:
-            problems.append(f"attribution.experiments: {exp!r} is not an experiment (has {sorted(EXPERIMENTS)})")
-        elif ATTRIBUTION["seed"] is not None and ATTRIBUTION["seed"] not in experiment_seeds(config, exp):
-            problems.append(f"attribution.seed: {ATTRIBUTION['seed']} is not a training seed of {exp!r} "
-                            f"({experiment_seeds(config, exp)}); the attributed network must be one the DAG trains")
-    return problems
-
-
-if _attribution_problems():
-    raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in _attribution_problems()))
-
-
 def attribution_seed(experiment):
     """Training seed of the attributed network of ``experiment``."""
-    seed = ATTRIBUTION["seed"]
-    return experiment_seeds(config, experiment)[0] if seed is None else seed
+    return config_attribution_seed(config, experiment)
 
 
 def attribution_kernels(experiment):
@@ -62,6 +46,7 @@ wildcard_constraints:
 rule attribution_subsets:
     input:
         data=f"{RESULTS}/{{experiment}}/data.npz",
+        pretrained=pretrained_files,
     output:
         update(f"{ATTRIBUTION_DIR}/subsets/{{chunk}}.npz"),
     params:
@@ -89,6 +74,7 @@ rule attribution_subsets:
 rule attribution_gradients:
     input:
         data=f"{RESULTS}/{{experiment}}/data.npz",
+        pretrained=pretrained_files,
         model=lambda w: f"{RESULTS}/{w.experiment}/seed{attribution_seed(w.experiment)}/model.pt",
     output:
         update(f"{ATTRIBUTION_DIR}/gradients.npz"),
@@ -115,6 +101,7 @@ rule attribution_gradients:
 rule attribution_mislabel:
     input:
         data=f"{RESULTS}/{{experiment}}/data.npz",
+        pretrained=pretrained_files,
     output:
         selfinf=update(f"{ATTRIBUTION_DIR}/mislabel.npz"),
         report=update(f"{ATTRIBUTION_DIR}/mislabel.json"),

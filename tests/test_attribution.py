@@ -221,13 +221,13 @@ def test_trak_matches_dense_formula(num_outputs):
     one_minus_p = 1.0 - 1.0 / (1.0 + np.exp(-f))
     expected = phi @ np.linalg.inv(Phi.T @ Phi) @ Phi.T * one_minus_p[None, :]
     np.testing.assert_allclose(feats.one_minus_p, one_minus_p, rtol=1e-5)
-    np.testing.assert_allclose(methods.trak_scores(feats), expected, rtol=2e-3, atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(methods.trak_scores(feats, ridge=0.0), expected, rtol=2e-3, atol=1e-5 * np.abs(expected).max())
     self_expected = np.einsum("ik,kl,il->i", Phi, np.linalg.inv(Phi.T @ Phi), Phi) * one_minus_p
-    np.testing.assert_allclose(methods.trak_self_influence(feats), self_expected, rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(methods.trak_self_influence(feats, ridge=0.0), self_expected, rtol=2e-3, atol=1e-6)
     # the bundled entry points agree
     np.testing.assert_allclose(methods.gradient_method_scores(model, x_te, y_te, x_tr, y_tr, methods=("trak",),
                                                               proj_dim=k, proj_seed=3)["trak"],
-                               methods.trak_scores(feats))
+                               methods.trak_scores(feats))  # both with the schema's default ridge
     np.testing.assert_allclose(methods.gradient_method_self_influence(model, x_tr, y_tr, methods=("trak",),
                                                                       proj_dim=k, proj_seed=3)["trak"],
                                methods.trak_self_influence(feats))
@@ -244,7 +244,7 @@ def test_trak_linear_model_exact_influence_and_solver_branches():
     # β̂ = (ΦᵀΦ)⁻¹Φᵀt, so ∂ prediction / ∂ t_i = [φ(x)ᵀ(ΦᵀΦ)⁻¹Φᵀ]_i (times q_i here).
     t = rng.normal(size=20)
     beta = np.linalg.lstsq(Phi, t, rcond=None)[0]
-    np.testing.assert_allclose((methods.trak_scores(feats) / q) @ t, phi @ beta, rtol=1e-10)
+    np.testing.assert_allclose((methods.trak_scores(feats, ridge=0.0) / q) @ t, phi @ beta, rtol=1e-10)
     # ridge: primal branch (K=5 <= N=20) vs the same formula written out
     lam = 0.3 * np.trace(Phi.T @ Phi) / 5
     expected = phi @ np.linalg.inv(Phi.T @ Phi + lam * np.eye(5)) @ Phi.T * q
@@ -256,9 +256,9 @@ def test_trak_linear_model_exact_influence_and_solver_branches():
     np.testing.assert_allclose(methods.trak_scores(methods.TrakFeatures(Phi2, phi2, q2), ridge=0.3), expected2,
                                rtol=1e-8)
     # K > N without ridge: pseudo-inverse interpolates, τ(x_i, ·) = q_i e_i
-    np.testing.assert_allclose(methods.trak_self_influence(methods.TrakFeatures(Phi2, Phi2, q2)), q2, rtol=1e-8)
+    np.testing.assert_allclose(methods.trak_self_influence(methods.TrakFeatures(Phi2, Phi2, q2), ridge=0.0), q2, rtol=1e-8)
     # ensemble = mean of kernels times mean of Q
-    ens = methods.trak_scores([feats, methods.TrakFeatures(2 * Phi, phi, 1 - q)])
+    ens = methods.trak_scores([feats, methods.TrakFeatures(2 * Phi, phi, 1 - q)], ridge=0.0)
     k1 = phi @ np.linalg.pinv(Phi)
     np.testing.assert_allclose(ens, (k1 + k1 / 2) / 2 * 0.5, rtol=1e-10)
 

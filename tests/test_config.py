@@ -89,3 +89,52 @@ def test_schema_ships_inside_the_package():
     assert any(schema.relative_to(package).match(pattern) for pattern in data)
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ntkbench.__version__"}
     assert load_schema()["title"] == "ntkbench workflow configuration"
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["attribution"].update(experiments=["digits2-mlp", "nope"]),
+     "attribution.experiments: 'nope' is not an experiment"),
+    (lambda c: c["attribution"].update(seed=99), "attribution.seed: 99 is not a training seed of 'digits2-mlp'"),
+])
+def test_attribution_cross_checks_name_the_key(default_config, edit, expected):
+    """Checked at validation, beside the other cross-checks (not only when the rules load)."""
+    bad = copy.deepcopy(default_config)
+    edit(bad)
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+        validate_config(bad)
+
+
+def test_attribution_seed_defaults_to_the_first_training_seed(default_config):
+    from ntkbench.config import attribution_seed
+
+    cfg = validate_config(default_config)
+    assert attribution_seed(cfg, "digits2-mlp") == experiment_seeds(cfg, "digits2-mlp")[0]
+    cfg["attribution"]["seed"] = experiment_seeds(cfg, "digits2-mlp")[-1]
+    assert attribution_seed(cfg, "digits2-mlp") == experiment_seeds(cfg, "digits2-mlp")[-1]
+
+
+def test_library_defaults_are_the_schemas():
+    """One default per setting: the attribution functions take theirs from the schema."""
+    import inspect
+
+    from ntkbench.attribution import benchmark, gradients, methods
+    from ntkbench.config import schema_default
+
+    trak = {"proj_dim": schema_default("attribution", "trak", "proj_dim"),
+            "proj_seed": schema_default("attribution", "trak", "proj_seed"),
+            "proj_type": schema_default("attribution", "trak", "proj_type"),
+            "ridge": schema_default("attribution", "trak", "ridge"),
+            "trak_ensemble": schema_default("attribution", "trak", "ensemble"),
+            "num_checkpoints": schema_default("attribution", "num_checkpoints"),
+            "batch_size": schema_default("attribution", "batch_size")}
+    checked = 0
+    for fn in (benchmark.gradient_attributions, benchmark.checkpointed_run, methods.gradient_method_scores,
+               methods.gradient_method_self_influence, methods.trak_features, methods.trak_scores,
+               methods.trak_self_influence, gradients.per_sample_grads, gradients.projected_grads):
+        for name, param in inspect.signature(fn).parameters.items():
+            if name in trak and param.default is not inspect.Parameter.empty:
+                assert param.default == trak[name], f"{fn.__qualname__}({name}={param.default!r})"
+                checked += 1
+    assert checked >= 15
+    with pytest.raises(KeyError, match="attribution.trak.nope"):
+        schema_default("attribution", "trak", "nope")

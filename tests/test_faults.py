@@ -21,7 +21,7 @@ from ntkbench.config import (
     modadd_min_top_k,
     validate_config,
 )
-from ntkbench.kernels.api import NonFiniteKernelError
+from ntkbench.kernels import NonFiniteKernelError
 from ntkbench.spectral.cliffs import CliffParams
 from ntkbench.spectral.modadd import OVERLAP_TABLE_COLUMNS, cliff_heatmaps, expected_cliffs, overlap_table
 from ntkbench.utils import atomic_path, atomic_savez, atomic_write_text

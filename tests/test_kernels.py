@@ -250,7 +250,7 @@ def test_bad_inputs():
 def test_symmetric_blocks_and_uncached_path(monkeypatch):
     """y=None uses upper-triangle blocks (N > 128); without the feature cache rows and
     columns are recomputed per block. Both must equal the plain two-argument result."""
-    from ntkbench.kernels import api
+    from ntkbench.kernels import engine as api
 
     torch.manual_seed(0)
     model = TokenNet()

@@ -16,7 +16,7 @@ from scipy import stats
 
 from ntkbench import kernels
 from ntkbench.kernels import philox, projection
-from ntkbench.kernels.api import KernelOptions
+from ntkbench.kernels.engine import KernelOptions
 from ntkbench.kernels.projection import BlockProjector, KroneckerProjector, kronecker_plan
 from ntkbench.kernels.reps import DenseGrad, OuterGrad
 from ntkbench.kernels.streaming import identity_options
@@ -206,7 +206,7 @@ def test_projection_chunks_do_not_change_values(monkeypatch):
     drawn again per chunk) gives the same kernel."""
     import importlib
 
-    api = importlib.import_module("ntkbench.kernels.api")
+    api = importlib.import_module("ntkbench.kernels.engine")
     torch.manual_seed(0)
     model, x, y = MLP(), torch.randn(9, 6), torch.randn(4, 6)
     opts = dict(kind="proj-trntk", proj_dim=300, seed=2, batch_size=3, dtype=F64, proj_cache_mb=0)

@@ -31,7 +31,11 @@ from ntkbench.attribution.mislabel import detection_auc
 from ntkbench.attribution.retrain import (TrainedRun, default_checkpoint_epochs, retrain_subset, subset_model_seed,
                                           train_with_checkpoints)
 from ntkbench.attribution.subsets import subset_mask
+from ntkbench.config import schema_default
 from ntkbench.data import DataBundle
+
+#: TracIn-CP checkpoints: the config schema's ``attribution.num_checkpoints`` default.
+NUM_CHECKPOINTS: int = schema_default("attribution", "num_checkpoints")
 
 __all__ = ["run_subset", "stack_subsets", "kernel_attributions", "stored_kglm_attributions", "checkpointed_run",
            "gradient_attributions", "lds_table", "auc_table"]
@@ -103,7 +107,7 @@ def stored_kglm_attributions(coef: ArrayLike, intercept: ArrayLike, K_test_train
 
 
 def checkpointed_run(bundle: DataBundle, model_spec: dict[str, Any], train_cfg: dict[str, Any], seed: int,
-                     device: str | torch.device = "cpu", num_checkpoints: int = 5, tracin: bool = True) -> TrainedRun:
+                     device: str | torch.device = "cpu", num_checkpoints: int = NUM_CHECKPOINTS, tracin: bool = True) -> TrainedRun:
     """The experiment's network of training seed ``seed``, retrained exactly as the train stage
     trains it, with ``num_checkpoints`` evenly spaced epoch-end checkpoints for TracIn-CP (the
     last is the final model); none when ``tracin`` is false."""
@@ -113,10 +117,11 @@ def checkpointed_run(bundle: DataBundle, model_spec: dict[str, Any], train_cfg: 
 
 
 def gradient_attributions(bundle: DataBundle, model_spec: dict[str, Any], train_cfg: dict[str, Any], seed: int,
-                          device: str | torch.device = "cpu", num_checkpoints: int = 5,
-                          methods: Sequence[str] = M.GRADIENT_METHODS, proj_dim: int = 64, proj_seed: int = 0,
-                          proj_type: str = "gaussian", ridge: float = 0.0, trak_ensemble: int = 1,
-                          batch_size: int = 256, self_influence: bool = True, scores: bool = True,
+                          device: str | torch.device = "cpu", num_checkpoints: int = NUM_CHECKPOINTS,
+                          methods: Sequence[str] = M.GRADIENT_METHODS, proj_dim: int = M.TRAK_PROJ_DIM,
+                          proj_seed: int = M.TRAK_PROJ_SEED, proj_type: str = M.TRAK_PROJ_TYPE,
+                          ridge: float = M.TRAK_RIDGE, trak_ensemble: int = M.TRAK_ENSEMBLE,
+                          batch_size: int = M.BATCH_SIZE, self_influence: bool = True, scores: bool = True,
                           run: TrainedRun | None = None
                           ) -> tuple[dict[str, NDArray[np.float64]], dict[str, NDArray[np.float64]]]:
     """Scores (n_test, N) and self-influence (N,) of the loss-gradient methods for the model of

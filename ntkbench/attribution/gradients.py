@@ -15,10 +15,11 @@ Output functions of one sample ``(x, y)`` with logits ``z`` (C = 1 binary or C �
 - ``"margin"``: TRAK's model output ``log(p_y / (1 − p_y))``, i.e. ``±z`` for C = 1 and
   ``z_y − logsumexp_{c≠y} z_c`` for C ≥ 2 (``ntkbench.metrics.true_class_logit``).
 
-Projection (:func:`project`) reuses the kernel engine's
-:class:`ntkbench.kernels.projection.BlockProjector`: R (K × P) is generated in seeded tiles
-keyed by parameter name, never materialised whole, device-independent, scaled by 1/sqrt(K) —
-the same R the ``proj-*`` kernels use for the same seed.
+The model's state, its eval mode and the projection are the kernel engine's
+(:mod:`ntkbench.kernels`: ``functional_state``, ``eval_mode``, ``as_logits``, ``project_rows``):
+R (K × P) is generated in seeded tiles keyed by parameter name, never materialised whole,
+device-independent, scaled by 1/sqrt(K) — the same R the ``proj-*`` kernels use for the same
+seed.
 """
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from ntkbench.config import schema_default
+from ntkbench.kernels import as_logits, eval_mode, functional_state, project_rows
 from ntkbench.training.classifier import classification_loss
 
 __all__ = [
     "OUTPUTS",
+    "BATCH_SIZE",
     "parameter_layout",
-    "split_state",
     "iter_per_sample_grads",
     "per_sample_grads",
     "output_values",
@@ -42,33 +45,13 @@ __all__ = [
 ]
 
 OUTPUTS = ("loss", "margin")
+#: Per-sample gradients per batch: the config schema's ``attribution.batch_size`` default.
+BATCH_SIZE: int = schema_default("attribution", "batch_size")
 
 
 def parameter_layout(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every trainable parameter, in flattening order."""
     return [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
-
-
-def split_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor] | None = None,
-                device: torch.device | None = None, dtype: torch.dtype = torch.float32
-                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(trainable parameters, everything else) of ``model`` — or of a checkpoint
-    ``state_dict`` of the same architecture — as detached tensors on ``device``."""
-    device = device or next(model.parameters()).device
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    source = dict(state_dict) if state_dict is not None else {
-        **dict(model.named_parameters()), **dict(model.named_buffers())}
-    missing = trainable - set(source)
-    if missing:
-        raise KeyError(f"state_dict lacks parameters {sorted(missing)}")
-
-    def cast(t: torch.Tensor) -> torch.Tensor:
-        t = t.detach().to(device)
-        return t.to(dtype) if t.is_floating_point() else t
-
-    params = {n: cast(source[n]) for n, _ in model.named_parameters() if n in trainable}
-    others = {n: cast(t) for n, t in source.items() if n not in trainable}
-    return params, others
 
 
 def _sample_output(z: torch.Tensor, y: torch.Tensor, output: str, loss: str = "cross_entropy") -> torch.Tensor:
@@ -85,7 +68,7 @@ def _sample_output(z: torch.Tensor, y: torch.Tensor, output: str, loss: str = "c
 
 
 def iter_per_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: str = "loss",
-                          state_dict: Mapping[str, torch.Tensor] | None = None, batch_size: int = 256,
+                          state_dict: Mapping[str, torch.Tensor] | None = None, batch_size: int = BATCH_SIZE,
                           device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
                           loss: str = "cross_entropy") -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, G)`` with ``G`` the flattened per-sample gradients (B, P) of samples
@@ -94,27 +77,23 @@ def iter_per_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ou
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    params, others = split_state(model, state_dict, device, dtype)
-    was_training = model.training
-    model.eval()
+    params, others = functional_state(model, device, dtype, state_dict)
 
     def one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        z = functional_call(model, (p, others), (xi.unsqueeze(0),))[0]
+        z = as_logits(functional_call(model, (p, others), (xi.unsqueeze(0),)), 1)[0]
         return _sample_output(z, yi, output, loss)
 
     per_sample = vmap(grad(one), in_dims=(None, 0, 0))
-    try:
+    with eval_mode(model):
         for start in range(0, len(x), batch_size):
             xb = x[start:start + batch_size].to(device=device, dtype=dtype)
             yb = y[start:start + batch_size].to(device)
             g = per_sample(params, xb, yb)
             yield start, torch.cat([g[n].reshape(len(xb), -1) for n in params], dim=1)
-    finally:
-        model.train(was_training)
 
 
 def per_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: str = "loss",
-                     state_dict: Mapping[str, torch.Tensor] | None = None, batch_size: int = 256,
+                     state_dict: Mapping[str, torch.Tensor] | None = None, batch_size: int = BATCH_SIZE,
                      device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
                      loss: str = "cross_entropy") -> torch.Tensor:
     """All per-sample gradients, ``(n, P)`` — n·P values in memory (see :func:`iter_per_sample_grads`)."""
@@ -128,37 +107,28 @@ def output_values(model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: st
                   device: torch.device | str | None = None) -> torch.Tensor:
     """The scalar ``output`` of every sample, ``(n,)`` float64 (eval mode)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    params, others = split_state(model, state_dict, device)
-    was_training = model.training
-    model.eval()
-    try:
-        outs = []
+    params, others = functional_state(model, device, torch.float32, state_dict)
+    outs = []
+    with eval_mode(model):
         for s in range(0, len(x), batch_size):
-            z = functional_call(model, (params, others), (x[s:s + batch_size].to(device),)).double()
+            xb = x[s:s + batch_size].to(device)
+            z = as_logits(functional_call(model, (params, others), (xb,)), len(xb)).double()
             yb = y[s:s + batch_size].to(device)
             outs.append(vmap(lambda zi, yi: _sample_output(zi, yi, output))(z, yb))
-        return torch.cat(outs).cpu() if outs else torch.zeros(0, dtype=torch.float64)
-    finally:
-        model.train(was_training)
+    return torch.cat(outs).cpu() if outs else torch.zeros(0, dtype=torch.float64)
 
 
 def project(G: torch.Tensor, layout: list[tuple[str, tuple[int, ...]]], proj_dim: int, seed: int,
             proj_type: str = "gaussian") -> torch.Tensor:
     """``G Rᵀ``: per-sample gradients (n, P) projected to (n, K), K = ``proj_dim``, with the
-    kernel engine's seeded block projector (R entries N(0,1) or ±1, times 1/sqrt(K))."""
-    from ntkbench.kernels.projection import BlockProjector
-    from ntkbench.kernels.reps import DenseGrad
-
-    P = sum(int(torch.Size(s).numel()) for _, s in layout)
-    if G.ndim != 2 or G.shape[1] != P:
-        raise ValueError(f"G must be (n, {P}) for this layout, got {tuple(G.shape)}")
-    projector = BlockProjector(int(proj_dim), proj_type, int(seed), G.device, G.dtype)
-    return projector.project(DenseGrad(G.unsqueeze(1).contiguous(), layout))[:, 0, :]
+    kernel engine's seeded projection (:func:`ntkbench.kernels.project_rows`: R entries
+    N(0,1) or ±1, times 1/sqrt(K))."""
+    return project_rows(G, layout, proj_dim, seed, proj_type)
 
 
 def projected_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, proj_dim: int, seed: int,
                     output: str = "margin", proj_type: str = "gaussian",
-                    state_dict: Mapping[str, torch.Tensor] | None = None, batch_size: int = 256,
+                    state_dict: Mapping[str, torch.Tensor] | None = None, batch_size: int = BATCH_SIZE,
                     chunk: int = 2048, device: torch.device | str | None = None) -> torch.Tensor:
     """Projected per-sample gradients Φ, ``(n, proj_dim)``, float32.
 

@@ -44,8 +44,16 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
-from ntkbench.attribution.gradients import (iter_per_sample_grads, output_values, per_sample_grads,
+from ntkbench.attribution.gradients import (BATCH_SIZE, iter_per_sample_grads, output_values, per_sample_grads,
                                             projected_grads)
+from ntkbench.config import schema_default
+
+# TRAK's defaults are the config schema's (attribution.trak), the one place they are written.
+TRAK_PROJ_DIM: int = schema_default("attribution", "trak", "proj_dim")
+TRAK_PROJ_SEED: int = schema_default("attribution", "trak", "proj_seed")
+TRAK_PROJ_TYPE: str = schema_default("attribution", "trak", "proj_type")
+TRAK_RIDGE: float = schema_default("attribution", "trak", "ridge")
+TRAK_ENSEMBLE: int = schema_default("attribution", "trak", "ensemble")
 
 __all__ = [
     "METHODS",
@@ -65,6 +73,11 @@ __all__ = [
     "TrakFeatures",
     "gradient_method_scores",
     "gradient_method_self_influence",
+    "TRAK_PROJ_DIM",
+    "TRAK_PROJ_SEED",
+    "TRAK_PROJ_TYPE",
+    "TRAK_RIDGE",
+    "TRAK_ENSEMBLE",
 ]
 
 METHODS = ("kglm", "kernel-sim", "tracin", "grad-dot", "grad-cos", "trak")
@@ -150,7 +163,7 @@ def _gram(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, G_train:
 
 def grad_dot_scores(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, x_train: torch.Tensor,
                     y_train: torch.Tensor, state_dict: Mapping[str, torch.Tensor] | None = None,
-                    batch_size: int = 256, device: torch.device | str | None = None,
+                    batch_size: int = BATCH_SIZE, device: torch.device | str | None = None,
                     loss: str = "cross_entropy") -> NDArray[np.float64]:
     """``⟨∇ℓ(x), ∇ℓ(x_i)⟩`` at the model's weights (or ``state_dict``'s), ``(n_test, n_train)``."""
     G = per_sample_grads(model, x_train, y_train, "loss", state_dict, batch_size, device, loss=loss)
@@ -159,7 +172,7 @@ def grad_dot_scores(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor
 
 def grad_cos_scores(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, x_train: torch.Tensor,
                     y_train: torch.Tensor, state_dict: Mapping[str, torch.Tensor] | None = None,
-                    batch_size: int = 256, device: torch.device | str | None = None,
+                    batch_size: int = BATCH_SIZE, device: torch.device | str | None = None,
                     loss: str = "cross_entropy") -> NDArray[np.float64]:
     """Cosine of ``∇ℓ(x)`` and ``∇ℓ(x_i)`` (0 where a gradient vanishes), ``(n_test, n_train)``."""
     G = per_sample_grads(model, x_train, y_train, "loss", state_dict, batch_size, device, loss=loss)
@@ -167,7 +180,7 @@ def grad_cos_scores(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor
 
 
 def grad_self_influence(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
-                        state_dict: Mapping[str, torch.Tensor] | None = None, batch_size: int = 256,
+                        state_dict: Mapping[str, torch.Tensor] | None = None, batch_size: int = BATCH_SIZE,
                         device: torch.device | str | None = None, loss: str = "cross_entropy"
                         ) -> NDArray[np.float64]:
     """Grad-Dot self-influence ``‖∇ℓ(x_i)‖²`` (N,). (Grad-Cos self-influence is 1.)"""
@@ -193,7 +206,7 @@ def _checkpoint_pairs(checkpoints: Sequence[Any]) -> list[tuple[Mapping[str, tor
 
 
 def tracin_scores(model: nn.Module, checkpoints: Sequence[Any], x_test: torch.Tensor, y_test: torch.Tensor,
-                  x_train: torch.Tensor, y_train: torch.Tensor, batch_size: int = 256,
+                  x_train: torch.Tensor, y_train: torch.Tensor, batch_size: int = BATCH_SIZE,
                   device: torch.device | str | None = None, loss: str = "cross_entropy") -> NDArray[np.float64]:
     """TracIn-CP ``Σ_t η_t ⟨∇ℓ(x; θ_t), ∇ℓ(x_i; θ_t)⟩``, ``(n_test, n_train)``.
 
@@ -207,7 +220,7 @@ def tracin_scores(model: nn.Module, checkpoints: Sequence[Any], x_test: torch.Te
 
 
 def tracin_self_influence(model: nn.Module, checkpoints: Sequence[Any], x_train: torch.Tensor,
-                          y_train: torch.Tensor, batch_size: int = 256,
+                          y_train: torch.Tensor, batch_size: int = BATCH_SIZE,
                           device: torch.device | str | None = None, loss: str = "cross_entropy"
                           ) -> NDArray[np.float64]:
     """TracIn-CP self-influence ``Σ_t η_t ‖∇ℓ(x_i; θ_t)‖²`` (N,)."""
@@ -228,8 +241,9 @@ class TrakFeatures:
 
 
 def trak_features(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, x_train: torch.Tensor,
-                  y_train: torch.Tensor, proj_dim: int, proj_seed: int = 0, proj_type: str = "gaussian",
-                  state_dict: Mapping[str, torch.Tensor] | None = None, batch_size: int = 256,
+                  y_train: torch.Tensor, proj_dim: int = TRAK_PROJ_DIM, proj_seed: int = TRAK_PROJ_SEED,
+                  proj_type: str = TRAK_PROJ_TYPE,
+                  state_dict: Mapping[str, torch.Tensor] | None = None, batch_size: int = BATCH_SIZE,
                   device: torch.device | str | None = None) -> TrakFeatures:
     """Projected margin gradients of one model and its training points' ``1 − p_y``."""
     kw = dict(output="margin", proj_type=proj_type, state_dict=state_dict, batch_size=batch_size, device=device)
@@ -255,7 +269,7 @@ def _trak_kernel(phi_a: NDArray[np.float64], phi_train: NDArray[np.float64], rid
     return np.linalg.solve(gram, phi_train @ phi_a.T).T
 
 
-def trak_scores(features: TrakFeatures | Sequence[TrakFeatures], ridge: float = 0.0) -> NDArray[np.float64]:
+def trak_scores(features: TrakFeatures | Sequence[TrakFeatures], ridge: float = TRAK_RIDGE) -> NDArray[np.float64]:
     """TRAK scores ``(n_test, N)`` from one model's or an ensemble's :class:`TrakFeatures`."""
     feats = [features] if isinstance(features, TrakFeatures) else list(features)
     if not feats:
@@ -265,7 +279,7 @@ def trak_scores(features: TrakFeatures | Sequence[TrakFeatures], ridge: float = 
     return kern * q[None, :]
 
 
-def trak_self_influence(features: TrakFeatures | Sequence[TrakFeatures], ridge: float = 0.0) -> NDArray[np.float64]:
+def trak_self_influence(features: TrakFeatures | Sequence[TrakFeatures], ridge: float = TRAK_RIDGE) -> NDArray[np.float64]:
     """TRAK self-influence ``φ_iᵀ(ΦᵀΦ)⁻¹φ_i (1 − p_i)`` (ensemble-averaged), ``(N,)``."""
     feats = [features] if isinstance(features, TrakFeatures) else list(features)
     lev = np.mean([np.diagonal(_trak_kernel(f.phi_train, f.phi_train, ridge)) for f in feats], axis=0)
@@ -283,9 +297,9 @@ def _trak_feature_list(model, trak_models, x_a, y_a, x_train, y_train, proj_dim,
 
 def gradient_method_scores(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor,
                            x_train: torch.Tensor, y_train: torch.Tensor, checkpoints: Sequence[Any] = (),
-                           methods: Sequence[str] = GRADIENT_METHODS, proj_dim: int = 512,
-                           proj_seed: int = 0, proj_type: str = "gaussian", ridge: float = 0.0,
-                           trak_models: Sequence[nn.Module] = (), batch_size: int = 256,
+                           methods: Sequence[str] = GRADIENT_METHODS, proj_dim: int = TRAK_PROJ_DIM,
+                           proj_seed: int = TRAK_PROJ_SEED, proj_type: str = TRAK_PROJ_TYPE, ridge: float = TRAK_RIDGE,
+                           trak_models: Sequence[nn.Module] = (), batch_size: int = BATCH_SIZE,
                            device: torch.device | str | None = None, loss: str = "cross_entropy"
                            ) -> dict[str, NDArray[np.float64]]:
     """Scores ``(n_test, n_train)`` of the loss-gradient ``methods`` (subset of
@@ -313,9 +327,10 @@ def gradient_method_scores(model: nn.Module, x_test: torch.Tensor, y_test: torch
 
 def gradient_method_self_influence(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
                                    checkpoints: Sequence[Any] = (), methods: Sequence[str] = GRADIENT_METHODS,
-                                   proj_dim: int = 512, proj_seed: int = 0, proj_type: str = "gaussian",
-                                   ridge: float = 0.0, trak_models: Sequence[nn.Module] = (),
-                                   batch_size: int = 256, device: torch.device | str | None = None,
+                                   proj_dim: int = TRAK_PROJ_DIM, proj_seed: int = TRAK_PROJ_SEED,
+                                   proj_type: str = TRAK_PROJ_TYPE,
+                                   ridge: float = TRAK_RIDGE, trak_models: Sequence[nn.Module] = (),
+                                   batch_size: int = BATCH_SIZE, device: torch.device | str | None = None,
                                    loss: str = "cross_entropy") -> dict[str, NDArray[np.float64]]:
     """Self-influence τ(x_i, x_i) ``(n_train,)`` of the loss-gradient ``methods``."""
     out: dict[str, NDArray[np.float64]] = {}

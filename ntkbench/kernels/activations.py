@@ -35,8 +35,10 @@ class ActivationFeatures:
     """Per-sample activation features of a batch, as ``{part: [DenseGrad (B, 1, D)]}``.
 
     Parts are the em layers (so ``layerwise`` splits Em by layer) or the single part
-    ``"embedding"`` for ck.
+    ``"embedding"`` for ck. A :class:`ntkbench.kernels.engine.FeatureSource`.
     """
+
+    whole_input = False  # no per-call cost to amortise: batches of batch_size
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ batch) gets a per-sample copy of its output, so that it stays on the fast path.
 """
 from __future__ import annotations
 
+import enum
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -38,9 +39,38 @@ from .forward import checked_forward, parameter_groups
 from .generic import SampleJacobians
 from .reps import DenseGrad, GradRep, OuterGrad, map_classes
 
-__all__ = ["GradientEngine", "IMPLS"]
+__all__ = ["GradientEngine", "IMPLS", "Impl"]
 
-IMPLS = ("auto", "fast", "generic")
+
+class Impl(str, enum.Enum):
+    """How per-sample gradients are computed (``impl=`` of the kernel functions), in the spirit
+    of neural-tangents' ``NtkImplementation``. Values never change a kernel beyond rounding.
+
+    - ``AUTO`` ("auto", the default): the factorised fast path for Linear, Conv1d/2d,
+      Embedding and the norm layers, verified on the first batch against autograd; a module
+      that fails the check, and every other module, goes through torch.func.
+    - ``FAST`` ("fast"): the same, but a failed verification is an error instead of a
+      fallback (to make sure a model is on the fast path).
+    - ``GENERIC`` ("generic"): torch.func Jacobians for every parameter (vmap, or an exact
+      per-sample loop for modules vmap cannot batch, e.g. RNNs).
+
+    Being a ``str`` enum, ``Impl.FAST == "fast"``: either form is accepted.
+    """
+
+    AUTO = "auto"
+    FAST = "fast"
+    GENERIC = "generic"
+
+    @classmethod
+    def parse(cls, value: "Impl | str") -> "Impl":
+        """``value`` as an :class:`Impl`; a clear error naming the valid values otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown impl {value!r}; valid: {', '.join(IMPLS)}") from None
+
+
+IMPLS = tuple(i.value for i in Impl)
 _LOG = get_logger(__name__)
 # Samples of the first batch on which the fast path is cross-checked. Prime, so that it is
 # unlikely to equal a sequence length (an unbatched input of that length would look batched).
@@ -271,11 +301,14 @@ class _NormSink(_ClassSink):
 
 
 class GradientEngine:
-    """Per-group gradient representations of sample batches, fast where possible.
+    """Per-group gradient representations of sample batches, fast where possible: the
+    :class:`ntkbench.kernels.engine.FeatureSource` of the exact gradient kernels.
 
     Args:
         model: the network (already in eval mode while the engine is used).
-        params, others: functional state from :func:`generic.functional_state`.
+        params: the trainable tensors of the functional state from
+            :func:`generic.functional_state`.
+        others: the rest of that functional state (frozen parameters and buffers).
         impl: "auto" (factorised where supported, verified, generic elsewhere), "fast" (same,
             but a failed verification is an error) or "generic" (torch.func only).
         mix: optional (C, C') class map applied to the gradients (importance, pNTK sum).
@@ -286,22 +319,20 @@ class GradientEngine:
         model: nn.Module,
         params: dict[str, torch.Tensor],
         others: dict[str, torch.Tensor],
-        impl: str = "auto",
+        impl: Impl | str = Impl.AUTO,
         mix: torch.Tensor | None = None,
     ) -> None:
-        if impl not in IMPLS:
-            raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
         self.model = model
         self.params = {n: p.requires_grad_(True) for n, p in params.items()}
         self.others = others
-        self.impl = impl
+        self.impl = Impl.parse(impl)
         self.mix = mix
         self.groups = parameter_groups(model)
         self.group_of = {p: g for g, names in self.groups.items() for p in names}
         self.fast: dict[str, _FastModule] = {}
-        if impl != "generic":
+        if self.impl != Impl.GENERIC:
             self._plan_fast_modules()
-        self._verified = impl == "generic"
+        self._verified = self.impl == Impl.GENERIC
         self._batched_backward = True
         self._batch = 0  # samples in the batch being forwarded (the hooks compare against it)
         self._expand_unbatched = True  # per-sample copies of unbatched outputs (see _hook)
@@ -624,11 +655,13 @@ class GradientEngine:
             f"factorised gradients of module(s) {failed} do not match autograd (their parameters "
             "are probably also used outside the module's own forward)"
         )
-        if self.impl == "fast":
+        if self.impl == Impl.FAST:
             raise RuntimeError(msg + "; use impl='auto' or 'generic'")
         _LOG.warning("%s; using the generic torch.func path for them", msg)
         for name in failed:
             del self.fast[name]
+
+    whole_input = False  # no per-call cost to amortise: batches of batch_size
 
     def reps(self, xb: torch.Tensor) -> dict[str, list[GradRep]]:
         """``{group: [representations]}`` of the gradients of the samples in ``xb``."""

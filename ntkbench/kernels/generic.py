@@ -8,7 +8,7 @@ exact loop over the samples with plain autograd instead, and says so in the log.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -43,23 +43,40 @@ UNBATCHABLE_TYPES: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.RNNCellBase)
 
 
 def functional_state(
-    model: nn.Module, device: torch.device, dtype: torch.dtype
+    model: nn.Module, device: torch.device | str, dtype: torch.dtype,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Detached copies of the trainable parameters and the buffers on ``device``/``dtype``.
+    """Detached copies of the trainable parameters and of everything else (frozen parameters,
+    buffers) on ``device``; floating tensors in ``dtype``, integer buffers keep theirs.
 
-    Kernels are computed with these (through ``functional_call``), so the user's model is
-    never moved or cast. Frozen parameters travel with the buffers: they shape the function
-    but are not differentiated.
+    Kernels and attribution gradients are computed with these (through ``functional_call``),
+    so the user's model is never moved or cast. Frozen parameters travel with the buffers:
+    they shape the function but are not differentiated. With ``state_dict`` (a checkpoint of
+    the same architecture) the values come from it instead of the model's own (the model's
+    non-persistent buffers, absent from a state dict, are then left to the model).
+
+    Returns:
+        ``(params, others)``: ``{name: tensor}`` dicts; ``params`` in ``named_parameters()``
+        order, as the per-sample gradients flatten them.
     """
-    params = {
-        n: p.detach().to(device=device, dtype=dtype) for n, p in trainable_parameters(model).items()
-    }
+    trainable = trainable_parameters(model)
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+
+    if state_dict is not None:
+        missing = [n for n in trainable if n not in state_dict]
+        if missing:
+            raise KeyError(f"state_dict lacks parameters {missing}")
+        params = {n: cast(state_dict[n]) for n in trainable}
+        return params, {n: cast(t) for n, t in state_dict.items() if n not in trainable}
+    params = {n: cast(p) for n, p in trainable.items()}
     frozen: dict[str, torch.Tensor] = {}
     for n, p in model.named_parameters():
         if n not in params:
-            frozen[n] = p.detach().to(device=device, dtype=dtype if p.is_floating_point() else p.dtype)
+            frozen[n] = cast(p)
     for n, b in model.named_buffers():
-        frozen[n] = b.to(device=device, dtype=dtype) if b.is_floating_point() else b.to(device=device)
+        frozen[n] = cast(b)
     return params, frozen
 
 
@@ -67,7 +84,7 @@ def class_scale(importance: Any, num_classes: int, device: torch.device, dtype: 
     """Per-class multipliers sqrt(importance[c]) applied to g^c (None when no importance).
 
     ``importance`` is the already-exponentiated weight vector I_c^beta, so g^c is scaled by
-    I_c^(beta/2) and every kernel entry <g^c, g^c'> picks up sqrt(I_c^beta I_c'^beta).
+    I_c^(beta/2) and every kernel entry ⟨g^c, g^c'⟩ picks up sqrt(I_c^beta I_c'^beta).
     """
     if importance is None:
         return None

@@ -1,11 +1,11 @@
 """Seeded random projections R (K x P) of per-sample gradients, generated on the compute
 device and identical on every device.
 
-Two estimators of <g, g'> (SPEC section 1), selected by ``proj_type``:
+Two estimators of ⟨g, g'⟩ (SPEC section 1), selected by ``proj_type``:
 
 * ``gaussian`` / ``rademacher`` (the paper's): R has i.i.d. N(0, 1) or +-1 entries, scaled
-  by 1/sqrt(K). E[<Rg, Rg'>] = <g, g'>; for Gaussian R the variance of <Rg, Rg'> is
-  (|g|^2 |g'|^2 + <g, g'>^2) / K (Johnson-Lindenstrauss). :class:`BlockProjector`.
+  by 1/sqrt(K). E[⟨Rg, Rg'⟩] = ⟨g, g'⟩; for Gaussian R the variance of ⟨Rg, Rg'⟩ is
+  (|g|^2 |g'|^2 + ⟨g, g'⟩^2) / K (Johnson-Lindenstrauss). :class:`BlockProjector`.
 * ``kronecker`` (LoGra, Choe et al. 2024): a different, structured estimator, see
   :class:`KroneckerProjector`. Far cheaper to apply, but not the paper's R.
 
@@ -40,23 +40,30 @@ is N K P multiply-adds: for P = 1e5, K = 1e4, N = 1e3, 2e12 flop, ~11 s at 180 G
 from __future__ import annotations
 
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from .philox import GENERATOR, gaussian_block, rademacher_block
 from .reps import DenseGrad, GradRep, OuterGrad
 
-__all__ = ["PROJ_TYPES", "DENSE_PROJ_TYPES", "GENERATOR", "BLOCK_ELEMENTS", "TILE_K", "BlockProjector",
-           "KroneckerProjector", "make_projector", "default_cache_bytes", "kronecker_plan", "KRONECKER_ESTIMATOR"]
+__all__ = ["PROJ_TYPES", "DENSE_PROJ_TYPES", "GENERATOR", "BLOCK_ELEMENTS", "TILE_K", "Projector", "BlockProjector",
+           "KroneckerProjector", "make_projector", "project_rows", "default_cache_bytes", "kronecker_plan",
+           "KRONECKER_ESTIMATOR"]
 
 DENSE_PROJ_TYPES = ("gaussian", "rademacher")  # i.i.d. entries: the paper's estimator
+"""The ``proj_type`` values of a dense R with i.i.d. entries (the paper's estimator): :class:`BlockProjector`."""
 PROJ_TYPES = DENSE_PROJ_TYPES + ("kronecker",)
+"""Every valid ``proj_type``."""
 # Version of the Kronecker estimator's block structure, part of a kronecker kernel's identity.
 # v2: a weight and its bias are one [W | b] block on every path (v1 split them where the
 # gradients were materialised, so the fast and generic paths gave different kernels).
 KRONECKER_ESTIMATOR = "kronecker-blocks/v2"
+"""Version of the Kronecker estimator's block structure, part of a kronecker kernel's identity."""
 BLOCK_ELEMENTS = 1 << 16  # parameter entries per row block (rounded to whole rows)
+"""Parameter entries per row block of R (rounded to whole rows)."""
 TILE_K = 256  # projection outputs per tile
+"""Projection outputs per tile of R."""
 _MAX_TEMP = 1 << 25  # elements of the largest temporary a projection step may create
 CPU_CACHE_BYTES = 1 << 30
 
@@ -82,8 +89,31 @@ def _draw(proj_type: str, seed: int, name: str, k0: int, k1: int, j0: int, j1: i
     return gen(seed, name, k0, k1, j0, j1, device)
 
 
+@runtime_checkable
+class Projector(Protocol):
+    """What projects per-sample gradient representations to ``proj_dim`` features (TRAK's
+    ``AbstractProjector`` role). Implementations: :class:`BlockProjector` (i.i.d. Gaussian or
+    Rademacher R, the paper's estimator) and :class:`KroneckerProjector` (LoGra's).
+
+    ``project_many(reps)`` takes representations of disjoint parameter groups of the same B
+    samples (C classes each) and returns the projection of their concatenation,
+    (B, C, K') with K' = ``proj_dim`` (dense) or the Kronecker plan's total; ``project(rep)``
+    is the one-group form. The same (seed, proj_dim, proj_type) must give the same values on
+    every call, batch split and device.
+    """
+
+    proj_dim: int
+
+    def project(self, rep: GradRep) -> torch.Tensor:
+        ...
+
+    def project_many(self, reps: list[GradRep]) -> torch.Tensor:
+        ...
+
+
 class BlockProjector:
-    """Generates tiles of R (K-tile x row block of a parameter) and projects gradients."""
+    """Generates tiles of R (K-tile x row block of a parameter) and projects gradients
+    (a :class:`Projector`)."""
 
     def __init__(self, proj_dim: int, proj_type: str, seed: int, device: torch.device, dtype: torch.dtype,
                  cache_bytes: int | None = None):
@@ -292,8 +322,8 @@ def kronecker_plan(blocks: list[tuple[str, int, int]], proj_dim: int) -> list[tu
 
 
 class KroneckerProjector:
-    """Structured projection (LoGra, Choe et al. 2024): a different estimator from the
-    paper's i.i.d. Gaussian R, much cheaper to apply.
+    """Structured projection (LoGra, Choe et al. 2024), a :class:`Projector`: a different
+    estimator from the paper's i.i.d. Gaussian R, much cheaper to apply.
 
     A layer's weight gradient is a matrix G = sum_l d_l a_l^T (dout x din; Linear: l = one
     position, Conv: l = output positions and a_l the unfolded patches; the bias is the ones
@@ -314,15 +344,15 @@ class KroneckerProjector:
     dout = 10 classes) is not projected (identity): exact on that side.
 
     Estimator. With R_out, R_in independent and E[R^T R] = k I for each factor,
-    E[(R_out (x) R_in)^T (R_out (x) R_in)] / (k_out k_in) = I, so <Rg, Rg'> is unbiased for
-    <g, g'> block by block and in total (checked numerically in tests/test_projection.py).
+    E[(R_out (x) R_in)^T (R_out (x) R_in)] / (k_out k_in) = I, so ⟨Rg, Rg'⟩ is unbiased for
+    ⟨g, g'⟩ block by block and in total (checked numerically in tests/test_projection.py).
     Its variance is larger than a dense Gaussian R's of the same K, because the entries of
     R_out (x) R_in are products, not independent. For one block and rank-one gradients
-    G = d a^T, G' = d' a'^T: <Rg, Rg'> = X Y with X = <R_out d, R_out d'> / k_out (mean
-    x = <d, d'>, variance v_out = (|d|^2 |d'|^2 + x^2) / k_out) and Y likewise for a (mean y,
+    G = d a^T, G' = d' a'^T: ⟨Rg, Rg'⟩ = X Y with X = ⟨R_out d, R_out d'⟩ / k_out (mean
+    x = ⟨d, d'⟩, variance v_out = (|d|^2 |d'|^2 + x^2) / k_out) and Y likewise for a (mean y,
     variance v_in), independent, so Var = x^2 v_in + y^2 v_out + v_out v_in, which falls like
     1/k_in + 1/k_out ~ 1/sqrt(K) for balanced factors, against
-    (|g|^2 |g'|^2 + <g, g'>^2) / K for the dense Gaussian R. Measured errors against exact
+    (|g|^2 |g'|^2 + ⟨g, g'⟩^2) / K for the dense Gaussian R. Measured errors against exact
     trntk: benchmarks/README.md (benchmarks/projection.py). R depends on the split, so unlike
     the dense R, R for K is not a prefix of R for a larger K. Entries come from the same
     device-independent generator (streams ``name#kron-out``, ``name#kron-in``,
@@ -445,9 +475,25 @@ class KroneckerProjector:
 
 
 def make_projector(proj_dim: int, proj_type: str, seed: int, device: torch.device, dtype: torch.dtype,
-                   cache_bytes: int | None = None):
+                   cache_bytes: int | None = None) -> Projector:
     """The projector of ``proj_type``: :class:`BlockProjector` (gaussian, rademacher) or
     :class:`KroneckerProjector` (kronecker)."""
     if proj_type == "kronecker":
         return KroneckerProjector(proj_dim, seed, device, dtype)
     return BlockProjector(proj_dim, proj_type, seed, device, dtype, cache_bytes)
+
+
+def project_rows(G: torch.Tensor, layout: list[tuple[str, tuple[int, ...]]], proj_dim: int, seed: int,
+                 proj_type: str = "gaussian") -> torch.Tensor:
+    """``G R^T``: flattened per-sample vectors ``G`` (n, P) projected to (n, K), K = ``proj_dim``.
+
+    ``layout`` is ``[(parameter name, shape), ...]`` in the order the P columns are laid out
+    (it keys R's entries, so the result is the same R the ``proj-*`` kernels use for the same
+    seed and parameter names). Computed on ``G``'s device in ``G``'s dtype; R is never
+    materialised whole (dense ``proj_type`` only: gaussian or rademacher).
+    """
+    P = sum(int(torch.Size(s).numel()) for _, s in layout)
+    if G.ndim != 2 or G.shape[1] != P:
+        raise ValueError(f"G must be (n, {P}) for this layout, got {tuple(G.shape)}")
+    projector = BlockProjector(int(proj_dim), proj_type, int(seed), G.device, G.dtype)
+    return projector.project(DenseGrad(G.unsqueeze(1).contiguous(), layout))[:, 0, :]

@@ -7,7 +7,7 @@ A group's gradients g_b^c (sample b, class c) are held either
 * factorised, :class:`OuterGrad`: g_b^c = sum_l a_{b,l} (x) d_{b,c,l}, the form of the weight
   gradient of a Linear/Conv/Embedding layer (a = layer input or unfolded patch, d = gradient
   at the layer output, l = sequence/spatial position). Then
-  <g_i^c, g_j^c'> = sum_{l,l'} (a_il . a_jl') (d_icl . d_jc'l'), which for L = 1 is one
+  ⟨g_i^c, g_j^c'⟩ = sum_{l,l'} (a_il . a_jl') (d_icl . d_jc'l'), which for L = 1 is one
   (B x B') Gram of inputs times one Gram of output gradients: never P-sized per sample.
 
 Kernel contractions pick per group the cheaper of the factorised and the materialised form.
@@ -309,8 +309,8 @@ def prepare(rep: GradRep, entk: bool) -> GradRep:
 def contract(x: GradRep, y: GradRep, entk: bool = False) -> torch.Tensor:
     """Kernel block between two representations of the same group.
 
-    Returns sum_c <g_i^c, g_j^c> as (Bx, By), or with ``entk`` the full class blocks
-    <g_i^c, g_j^c'> as (Bx, By, C, C).
+    Returns sum_c ⟨g_i^c, g_j^c⟩ as (Bx, By), or with ``entk`` the full class blocks
+    ⟨g_i^c, g_j^c'⟩ as (Bx, By, C, C).
     """
     start = time.perf_counter()
     try:

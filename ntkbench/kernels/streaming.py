@@ -26,17 +26,17 @@ from torch.func import functional_call
 from .. import __version__
 from .. import store
 from ..utils import get_logger
-from .api import (
+from .engine import (
     CACHE_BYTES,
     KernelOptions,
     NonFiniteKernelError,
-    _nbytes,
     block_diag,
     block_kernel,
     check_budget_mb,
     check_same_sample_shape,
     make_source,
     normalise,
+    reps_nbytes,
 )
 from .forward import checked_forward, eval_mode, kernel_device
 from .generic import functional_state
@@ -93,7 +93,10 @@ def compute_to_hdf5(
 
     Args:
         path: HDF5 file (created if missing; other groups in it are left alone).
-        model, x, y, kind: as for :func:`ntkbench.kernels.compute` (y=None means y = x).
+        model: as for :func:`ntkbench.kernels.compute`.
+        x: as for :func:`ntkbench.kernels.compute`.
+        y: as for :func:`ntkbench.kernels.compute` (y=None means y = x).
+        kind: as for :func:`ntkbench.kernels.compute`.
         group: group name, e.g. "train_train" or "test_train".
         block_size: rows/columns per kernel block; bounds memory. Part of the resume identity.
         attrs: extra provenance attributes (non-scalars are stored as JSON).
@@ -260,7 +263,7 @@ def _run(grp, source, opts, X, Y, same, dev, bs, progress, label, cache_budget) 
             ry = cache[j]
         else:
             ry = features(Y, "y" if not same else "x", j)
-            size = _nbytes(ry)
+            size = reps_nbytes(ry)
             if cache_bytes + size <= cache_budget:
                 cache[j], cache_bytes = ry, cache_bytes + size
         k = block_kernel(rx, ry, entk, False)

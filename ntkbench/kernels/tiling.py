@@ -24,7 +24,7 @@ from torch import nn
 from .. import store
 from ..tiles import tile_grid, tile_ranges
 from ..utils import get_logger
-from .api import KernelOptions
+from .engine import KernelOptions
 from .forward import eval_mode, kernel_device
 from .inputs import as_input_tensor
 from .streaming import compute_to_hdf5, provenance

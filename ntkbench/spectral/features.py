@@ -85,7 +85,7 @@ def _check_odd(p: int) -> None:
 
 
 def fourier_family(values: Sequence[int], p: int) -> np.ndarray:
-    """(len(values), K, 2) array [cos, sin](2πk·v/p), k = 1..K = ⌊p/2⌋ (not normalised)."""
+    """(len(values), K, 2) array ``[cos, sin](2πk·v/p)``, k = 1..K = ⌊p/2⌋ (not normalised)."""
     _check_odd(p)
     v = np.asarray(values, dtype=np.int64) % p
     k = np.arange(1, p // 2 + 1)

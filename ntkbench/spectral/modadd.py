@@ -24,6 +24,8 @@ from ntkbench.spectral.features import (
 from ntkbench.spectral.operator import entk_operator
 
 __all__ = [
+    "drop_ratio",
+    "family_overlaps",
     "expected_cliffs",
     "class_averaged_kernels",
     "checkpoint_spectra",
@@ -48,7 +50,7 @@ def expected_cliffs(p: int) -> dict[str, tuple[int, int]]:
 
 def class_averaged_kernels(model: nn.Module, x: torch.Tensor, *, device: torch.device | str = "cpu",
                            batch_size: int = 1024) -> dict[str, np.ndarray]:
-    """{"total", <layer>...}: (1/C) Σ_c K[:, :, c, c] = trntk0 / C, per parameter group and summed."""
+    """``{"total", <layer>...}``: (1/C) Σ_c K[:, :, c, c] = trntk0 / C, per parameter group and summed."""
     with torch.no_grad():
         num_classes = int(model(x[:1].to(device)).shape[1])
     parts = kernels.compute(model, x, kind="trntk0", layerwise=True, dtype=torch.float64,
@@ -91,7 +93,9 @@ def checkpoint_spectra(model: nn.Module, x: torch.Tensor, states: dict[int, dict
             "eigenvectors": np.stack(vectors), "kernel_seconds": kernel_s, "eig_seconds": eig_s}
 
 
-def _family_overlaps(vectors: np.ndarray, fams: dict[str, np.ndarray]) -> dict[str, float]:
+def family_overlaps(vectors: np.ndarray, fams: dict[str, np.ndarray]) -> dict[str, float]:
+    """Subspace overlap of the columns of ``vectors`` (n, m) with each Fourier family's basis
+    ``fams[f]``, as ``{family: overlap in [0, 1]}`` (see :func:`subspace_overlap`)."""
     return {f: subspace_overlap(vectors, fams[f]) for f in FAMILIES}
 
 
@@ -104,7 +108,7 @@ OVERLAP_TABLE_COLUMNS = ("epoch", "layer", "block", "start", "end", "drop_ratio"
                          *FAMILY_COLUMNS.values())
 
 
-def _drop_ratio(ev: np.ndarray, end: int) -> float:
+def drop_ratio(ev: np.ndarray, end: int) -> float:
     """λ_end / λ_end+1 (1-based): the drop after the first ``end`` modes; NaN when the spectrum
     holds fewer than end + 1 values, inf when the next mode is zero or round-off below it."""
     if end < 1 or end >= len(ev) or not np.isfinite(ev[end - 1]) or not np.isfinite(ev[end]):
@@ -129,7 +133,7 @@ def cliff_table(spectra: dict[str, Any], pairs: np.ndarray, p: int, params: Clif
                 row = {"epoch": int(epoch), "layer": str(layer), "cliff": idx, "start": start, "end": end,
                        "size": end - start, "ratio": cliff.ratio, "contrast": cliff.contrast}
                 if end <= n_vec:
-                    ov = _family_overlaps(spectra["eigenvectors"][t, l][:, start:end], fams)
+                    ov = family_overlaps(spectra["eigenvectors"][t, l][:, start:end], fams)
                     row.update({FAMILY_COLUMNS[f]: v for f, v in ov.items()})
                 else:
                     row.update({c: np.nan for c in FAMILY_COLUMNS.values()})
@@ -157,11 +161,11 @@ def overlap_table(spectra: dict[str, Any], pairs: np.ndarray, p: int, params: Cl
                 # A block beyond the stored eigenvectors / eigenvalues gets NaN, never a number
                 # from a truncated block (config validation requires top_k >= 4p − 2).
                 if end <= n_vec:
-                    ov = _family_overlaps(spectra["eigenvectors"][t, l][:, start:end], fams)
+                    ov = family_overlaps(spectra["eigenvectors"][t, l][:, start:end], fams)
                 else:
                     ov = {f: float("nan") for f in FAMILIES}
                 rows.append({"epoch": int(epoch), "layer": str(layer), "block": name, "start": start,
-                             "end": end, "drop_ratio": _drop_ratio(ev, end),
+                             "end": end, "drop_ratio": drop_ratio(ev, end),
                              "detected": end in found,
                              **{FAMILY_COLUMNS[f]: v for f, v in ov.items()}})
     return rows

@@ -18,7 +18,7 @@ from torch import nn
 from ntkbench import kernels
 from ntkbench.spectral.cliffs import CliffParams, cliff_segments, detect_cliffs
 from ntkbench.spectral.features import FAMILIES, family_heatmap, fourier_families, symmetry_rotation
-from ntkbench.spectral.modadd import FAMILY_COLUMNS, _drop_ratio, _family_overlaps, checkpoint_spectra
+from ntkbench.spectral.modadd import FAMILY_COLUMNS, drop_ratio, family_overlaps, checkpoint_spectra
 
 __all__ = [
     "grouped_class_averaged_kernels",
@@ -38,7 +38,7 @@ ALIGNMENT_TABLE_COLUMNS = ("epoch", "layer", "block", "start", "end", "size", "s
 def grouped_class_averaged_kernels(model: nn.Module, x: torch.Tensor, group_of: Callable[[str], str], *,
                                    device: torch.device | str = "cpu", batch_size: int = 1024,
                                    dtype: torch.dtype = torch.float64) -> dict[str, np.ndarray]:
-    """{"total", <group>...}: trntk0 / C summed over the parameter groups (modules) that
+    """``{"total", <group>...}``: trntk0 / C summed over the parameter groups (modules) that
     ``group_of`` maps to the same layer group, in first-seen order."""
     with torch.no_grad():
         num_classes = int(model(x[:1].to(device)).shape[1])
@@ -77,10 +77,10 @@ def window_table(spectra: dict[str, Any], pairs: np.ndarray, p: int, windows: Se
     for t, epoch in enumerate(spectra["epochs"]):
         for l, layer in enumerate(spectra["layers"]):
             for m in windows:
-                ov = (_family_overlaps(spectra["eigenvectors"][t, l][:, :m], fams) if m <= n_vec
+                ov = (family_overlaps(spectra["eigenvectors"][t, l][:, :m], fams) if m <= n_vec
                       else {f: float("nan") for f in FAMILIES})
                 rows.append({"epoch": int(epoch), "layer": str(layer), "modes": int(m),
-                             "drop_ratio": _drop_ratio(spectra["eigenvalues"][t, l], m),
+                             "drop_ratio": drop_ratio(spectra["eigenvalues"][t, l], m),
                              **{FAMILY_COLUMNS[f]: v for f, v in ov.items()}})
     return rows
 
@@ -109,7 +109,7 @@ def block_alignment(vectors: np.ndarray, eigenvalues: np.ndarray, pairs: np.ndar
     out = []
     for idx, (start, end, source) in enumerate(blocks):
         block = vectors[:, start:end].astype(np.float64)
-        ov = _family_overlaps(block, fams)
+        ov = family_overlaps(block, fams)
         kind = "ab" if ov["a"] + ov["b"] >= ov["a+b"] + ov["a-b"] else "sum_diff"
         rotated, _ = symmetry_rotation(block, p, kind)
         before = np.concatenate([family_heatmap(fams[f], block) for f in FAMILIES])
