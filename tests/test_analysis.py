@@ -15,7 +15,7 @@ from ntkbench.config import ConfigError, analysis_experiments, experiment_analys
 from ntkbench.data import DataBundle, Split, load_dataset, save_bundle
 from ntkbench.kinds import options_for
 from ntkbench.metrics import linear_realisation
-from ntkbench.stages.analysis import OUTPUT_KEYS, analysis_stage
+from ntkbench.stages.analysis import OUTPUT_KEYS, AnalysisJob, analysis_stage
 from ntkbench.stages.common import InputError
 from ntkbench.stages.kernels import kernel_stage
 from ntkbench.stages.surrogates import kglm_stage
@@ -132,9 +132,9 @@ def _run(root, kinds, kernel_files=None, kglm_files=None, settings=SETTINGS, out
     kglm_files = kglm_files or {k: root / f"{k}.npz" for k in kinds}
     outputs = {key: out / f"{key}.{'png' if key in ('attribution', 'exemplars', 'realisation') else key.split('_')[-1]}"
                for key in OUTPUT_KEYS}
-    result = analysis_stage("toy", root / "data.npz", root / "model.pt", root / "logits.npz", seed, kinds,
-                            kernel_files, {k: options_for(k, OPTIONS) for k in kinds}, kglm_files,
-                            {k: root / f"{k}.json" for k in kinds}, settings, outputs)
+    result = analysis_stage(AnalysisJob("toy", root / "data.npz", root / "model.pt", root / "logits.npz", seed, kinds,
+                                        kernel_files, {k: options_for(k, OPTIONS) for k in kinds}, kglm_files,
+                                        {k: root / f"{k}.json" for k in kinds}, settings, outputs))
     return result, outputs
 
 

@@ -54,8 +54,8 @@ def run(tmp_path_factory):
                  kernel_options=opts, kglm_npz_paths={k: root / f"{k}.npz" for k in KERNELS},
                  kglm_json_paths={k: root / f"{k}.json" for k in KERNELS}, gradients_path=root / "grads.npz",
                  mislabel_path=root / "mislabel.npz")
-    table = lds.lds_stage("tiny3", root / "data.npz", root / "model.pt", SEED, settings=SETTINGS,
-                        out_csv=root / "tiny3.csv", **paths)
+    table = lds.lds_stage(lds.LdsJob("tiny3", root / "data.npz", root / "model.pt", SEED, settings=SETTINGS,
+                        out_csv=root / "tiny3.csv", **paths))
     return root, bundle, table, report, paths
 
 
@@ -138,18 +138,18 @@ def test_table_stage_joins_experiments(run, tmp_path):
 def test_lds_stage_refuses_foreign_or_incomplete_subsets(run, tmp_path):
     root, _, _, _, paths = run
     with pytest.raises(InputError, match="expected 0..5"):
-        lds.lds_stage("tiny3", root / "data.npz", root / "model.pt", SEED, settings=SETTINGS, out_csv=tmp_path / "x.csv",
-                    **{**paths, "subset_paths": paths["subset_paths"][:1]})
+        lds.lds_stage(lds.LdsJob("tiny3", root / "data.npz", root / "model.pt", SEED, settings=SETTINGS, out_csv=tmp_path / "x.csv",
+                    **{**paths, "subset_paths": paths["subset_paths"][:1]}))
     with pytest.raises(InputError, match="trained with"):
-        lds.lds_stage("tiny3", root / "data.npz", root / "model.pt", SEED, settings={**SETTINGS, "subset_seed": 4},
-                    out_csv=tmp_path / "x.csv", **paths)
+        lds.lds_stage(lds.LdsJob("tiny3", root / "data.npz", root / "model.pt", SEED, settings={**SETTINGS, "subset_seed": 4},
+                    out_csv=tmp_path / "x.csv", **paths))
     # a subset file of other data
     other = load_bundle(root / "data.npz")
     other.train.y[0] = (other.train.y[0] + 1) % 3
     save_bundle(other, tmp_path / "other.npz")
     with pytest.raises(InputError, match="other data"):
-        lds.lds_stage("tiny3", tmp_path / "other.npz", root / "model.pt", SEED, settings=SETTINGS,
-                    out_csv=tmp_path / "x.csv", **paths)
+        lds.lds_stage(lds.LdsJob("tiny3", tmp_path / "other.npz", root / "model.pt", SEED, settings=SETTINGS,
+                    out_csv=tmp_path / "x.csv", **paths))
 
 
 def test_config_attribution_block_defaults_and_label_noise():

@@ -116,7 +116,7 @@ def test_forensics_stage_end_to_end_on_tiny_config(tmp_path, one_torch_thread, c
     from ntkbench.config import experiment_kglm, experiment_seeds, load_config
     from ntkbench.data import load_dataset, save_bundle
     from ntkbench.kinds import options_for
-    from ntkbench.stages.forensics import forensics_stage
+    from ntkbench.stages.forensics import ForensicsJob, forensics_stage
     from ntkbench.stages.kernels import kernel_stage
     from ntkbench.stages.surrogates import kglm_stage
     from ntkbench.stages.train import train_stage
@@ -150,8 +150,8 @@ def test_forensics_stage_end_to_end_on_tiny_config(tmp_path, one_torch_thread, c
                                          ("figure", "forensics_top_k.png")]}
 
     def run_stage(settings, kernels=kernels, outputs=out):
-        return forensics_stage(data, seeds, kernels, model_paths, logits_paths, kernel_paths, kglm_paths, kopts,
-                               settings, outputs, experiment=name)
+        return forensics_stage(ForensicsJob(name, data, seeds, kernels, model_paths, logits_paths, kernel_paths,
+                                            kglm_paths, kopts, settings, outputs))
 
     result = run_stage(opts)
     out["md"], out["png"] = out["markdown"], out["figure"]

@@ -206,7 +206,7 @@ def test_stale_partial_kernel_is_discarded_and_recomputed(kernels_done, caplog):
 # ----------------------------------------------------------------------------- tiled kernels
 @pytest.mark.parametrize("kind", ["trntk", "proj-pntk", "em", "entk"])
 def test_tiled_kernel_equals_untiled_bit_for_bit(trained, kind, tmp_path):
-    from ntkbench.stages.kernels import kernel_gather_stage, kernel_tile_stage
+    from ntkbench.stages.kernels import KernelTileJob, kernel_gather_stage, kernel_tile_stage
     from ntkbench.stages.layout import kernel_tiles
 
     root, bundle = trained
@@ -219,8 +219,8 @@ def test_tiled_kernel_equals_untiled_bit_for_bit(trained, kind, tmp_path):
     for group, cells in grid.items():
         for i, j in cells:
             path = tmp_path / f"{group}.{i}.{j}.h5"
-            kernel_tile_stage(root / "data.npz", root / "model.pt", kind, opts(kind), BLOCK, tile_size, group,
-                              (i, j), "cpu", path)
+            kernel_tile_stage(KernelTileJob(root / "data.npz", root / "model.pt", kind, opts(kind), BLOCK, tile_size,
+                                            group, (i, j), "cpu", path))
             tiles.setdefault(group, {})[(i, j)] = path
     tiled = tmp_path / "tiled.h5"
     kernel_gather_stage(root / "data.npz", root / "model.pt", kind, opts(kind), BLOCK, tile_size, tiles, "cpu", tiled)
@@ -241,9 +241,50 @@ def test_tiled_kernel_equals_untiled_bit_for_bit(trained, kind, tmp_path):
     train_stage(root / "data.npz", {"name": "mlp", "hidden": [16, 16]},
                 {"optimizer": "sgd", "lr": 0.5, "epochs": 20, "batch_size": 16, "allow_divergence": False}, seed=3, device="cpu",
                 out_model=tmp_path / "m3.pt", out_logits=tmp_path / "l3.npz", out_history=tmp_path / "h3.csv")
-    kernel_tile_stage(root / "data.npz", tmp_path / "m3.pt", kind, opts(kind), BLOCK, tile_size, "test_train", (0, 0),
-                      "cpu", other)
+    kernel_tile_stage(KernelTileJob(root / "data.npz", tmp_path / "m3.pt", kind, opts(kind), BLOCK, tile_size,
+                                    "test_train", (0, 0), "cpu", other))
     bad = {**tiles, "test_train": {**tiles["test_train"], (0, 0): other}}
     with pytest.raises(store.KernelCheckError, match="other_tile.h5:tile.*model_fingerprint"):
         kernel_gather_stage(root / "data.npz", root / "model.pt", kind, opts(kind), BLOCK, tile_size, bad, "cpu",
                             tmp_path / "bad.h5")
+
+
+def test_jobs_are_built_from_snakemake_where_their_fields_say():
+    """One helper reads every stage job from Snakemake's job object: named inputs, params,
+    wildcards, output[0] and whole outputs, conversions, and files keyed by a param's order."""
+    from types import SimpleNamespace
+
+    from ntkbench.stages.analysis import AnalysisJob
+    from ntkbench.stages.attribution.lds import LdsJob
+    from ntkbench.stages.common import job_from_snakemake
+    from ntkbench.stages.forensics import ForensicsJob
+    from ntkbench.stages.kernels import KernelTileJob
+
+    class Named(SimpleNamespace):  # Snakemake's Namedlist: attributes, items(), index
+        def items(self):
+            return vars(self).items()
+
+        def __getitem__(self, i):
+            return list(vars(self).values())[i]
+
+    sm = SimpleNamespace(
+        input=Named(data="d.npz", model="m.pt", logits="l.npz", kernels=["a.h5", "b.h5"], kglm=["a.json", "b.json"],
+                    models=["m0.pt"], subsets=["s0.npz"], kglm_fits=["a.npz", "b.npz"],
+                    kglm_reports=["a.json", "b.json"], gradients="g.npz", mislabel="x.npz"),
+        output=Named(table="t.csv", figure="f.png"),
+        params=Named(options={"proj_dim": 8}, block_size=4, tile_size=8, device="cpu", seeds=(0,), kernels=("trntk", "pntk"),
+                     runs=[[0, "trntk"], [0, "pntk"]], kernel_options={}, settings={"top_k": 3}, seed="2"),
+        wildcards=Named(kernel="trntk", group="test_train", i="1", j="0", experiment="exp"),
+    )
+    tile = job_from_snakemake(KernelTileJob, sm)
+    assert (tile.data_path, tile.kind, tile.group, tile.tile, tile.out_path, tile.logits_path) == \
+        ("d.npz", "trntk", "test_train", (1, 0), "t.csv", "l.npz")
+    forensics = job_from_snakemake(ForensicsJob, sm)
+    assert forensics.kernel_paths == {(0, "trntk"): "a.h5", (0, "pntk"): "b.h5"}
+    assert forensics.outputs == {"table": "t.csv", "figure": "f.png"} and forensics.seeds == [0]
+    lds_job = job_from_snakemake(LdsJob, sm)
+    assert lds_job.seed == 2 and lds_job.kglm_npz_paths == {"trntk": "a.npz", "pntk": "b.npz"}
+    assert job_from_snakemake(AnalysisJob, sm, seed=5).seed == 5  # explicit values win
+    sm.params.kernels = ("trntk",)  # two files for one kernel: refused, not silently cut
+    with pytest.raises(ValueError):
+        job_from_snakemake(LdsJob, sm)

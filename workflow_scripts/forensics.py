@@ -2,13 +2,10 @@
 
 Thin entry point; the logic lives in ntkbench.stages.forensics.
 """
-from ntkbench.stages.forensics import forensics_stage
+from ntkbench.stages.common import job_from_snakemake
+from ntkbench.stages.forensics import ForensicsJob, forensics_stage
 from ntkbench.utils import setup_logging
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 setup_logging(sm.log[0], threads=sm.threads)
-runs = [tuple(r) for r in sm.params.runs]  # (seed, kernel), the order of the kernel/kglm inputs
-forensics_stage(sm.input.data, list(sm.params.seeds), list(sm.params.kernels), list(sm.input.models),
-                list(sm.input.logits), dict(zip(runs, sm.input.kernels, strict=True)),
-                dict(zip(runs, sm.input.kglm, strict=True)), sm.params.kernel_options, sm.params.settings,
-                dict(sm.output.items()), experiment=sm.wildcards.experiment)
+forensics_stage(job_from_snakemake(ForensicsJob, sm))

@@ -5,9 +5,10 @@ reads against what the rule expects and raises an error naming the file and the 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,8 @@ from ntkbench.integrity import load_npz, recompute_hint
 from ntkbench.training import evaluate_logits
 from ntkbench.utils import atomic_path
 
-__all__ = ["InputError", "read_json", "read_npz", "read_logits", "load_model", "logits_mismatch", "check_reproduces_logits", "write_csv"]
+__all__ = ["InputError", "read_json", "read_npz", "read_logits", "load_model", "logits_mismatch", "check_reproduces_logits",
+           "write_csv", "snakemake_field", "job_from_snakemake"]
 
 # How many training points a stage re-evaluates to check that a network still produces its logits.
 PROBE_POINTS = 32
@@ -133,3 +135,60 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
     """Write ``df`` as CSV atomically."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
+
+
+# -- stage jobs -----------------------------------------------------------------------------
+# Stages with many inputs take one frozen dataclass (a *job*); its fields say where in
+# Snakemake's job object each value comes from, so that one helper builds every job and the
+# workflow scripts stay one line.
+
+Job = TypeVar("Job")
+
+
+def snakemake_field(where: str, *, convert: Callable[[Any], Any] | None = None, keyed_by: str | None = None,
+                    **kwargs: Any) -> Any:
+    """A job field read from Snakemake's ``snakemake`` object by :func:`job_from_snakemake`.
+
+    Args:
+        where: ``"input.data"``, ``"params.options"``, ``"wildcards.kernel"``, ``"output[0]"``,
+            or a bare ``"output"`` / ``"wildcards"`` (the whole named-list object).
+        convert: applied to the value read (e.g. ``list``, ``int``).
+        keyed_by: a second ``where``; the field becomes ``dict(zip(keys, value))``, with list
+            keys made tuples (e.g. kernel files keyed by ``params.kernels``, the order of the
+            rule's inputs).
+        kwargs: passed to :func:`dataclasses.field` (``default=...``).
+    """
+    return dataclasses.field(metadata={"snakemake": where, "convert": convert, "keyed_by": keyed_by}, **kwargs)
+
+
+def _snakemake_value(sm: Any, where: str) -> Any:
+    attr, _, rest = where.partition(".")
+    if "[" in attr:  # output[0]
+        attr, index = attr.rstrip("]").split("[")
+        return getattr(sm, attr)[int(index)]
+    obj = getattr(sm, attr)
+    if not rest:
+        return dict(obj.items()) if attr in ("input", "output", "params") else obj
+    return getattr(obj, rest)
+
+
+def job_from_snakemake(cls: type[Job], sm: Any, **values: Any) -> Job:
+    """The job dataclass ``cls`` of a stage, each field read from ``sm`` (Snakemake's
+    ``snakemake`` object) where its :func:`snakemake_field` says, unless given in ``values``."""
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in values:
+            kwargs[f.name] = values[f.name]
+            continue
+        where = f.metadata.get("snakemake")
+        if where is None:
+            continue  # a field with its own default
+        value = _snakemake_value(sm, where)
+        if f.metadata["convert"] is not None:
+            value = f.metadata["convert"](value)
+        if f.metadata["keyed_by"] is not None:
+            keys = [tuple(k) if isinstance(k, list) else k for k in _snakemake_value(sm, f.metadata["keyed_by"])]
+            value = dict(zip(keys, value, strict=True))
+        kwargs[f.name] = value
+    return cls(**kwargs)
+

@@ -3,6 +3,7 @@ every later stage runs on a kernel file before it reads it."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,12 @@ from ntkbench import kinds, store
 from ntkbench.data import DataBundle, load_bundle
 from ntkbench.kernels import KernelOptions, compute_to_hdf5, identity_options
 from ntkbench.kernels.tiling import compute_tile, gather_tiles
-from ntkbench.stages.common import load_model
+from ntkbench.stages.common import load_model, snakemake_field
 from ntkbench.utils import get_logger, resolve_device
 
 log = get_logger(__name__)
 
-__all__ = ["engine_options", "kernel_groups", "expected_identity", "check_kernel_file", "kernel_stage",
+__all__ = ["engine_options", "kernel_groups", "expected_identity", "check_kernel_file", "kernel_stage", "KernelTileJob",
            "kernel_tile_stage", "kernel_gather_stage"]
 
 
@@ -127,18 +128,41 @@ def kernel_stage(data_path: str | Path, model_path: str | Path, kind: str, optio
     os.replace(partial, out_path)
 
 
-def kernel_tile_stage(data_path: str | Path, model_path: str | Path, kind: str, options: dict[str, Any],
-                      block_size: int, tile_size: int, group: str, tile: tuple[int, int], device: str,
-                      out_path: str | Path, *, logits_path: str | Path | None = None) -> None:
-    """Compute tile ``tile`` of kernel group ``group`` (one job of a tiled kernel, see
-    :mod:`ntkbench.kernels.tiling`); resumable, written to ``<out>.partial`` then renamed."""
-    bundle, dev, model, _ = _inputs(data_path, model_path, device, logits_path)
-    x, y = kernel_groups(bundle)[group]
-    out_path = Path(out_path)
+def _tile_of(wildcards: Any) -> tuple[int, int]:
+    return int(wildcards.i), int(wildcards.j)
+
+
+@dataclass(frozen=True)
+class KernelTileJob:
+    """One job of a tiled kernel (rule ``kernel_tile``): tile ``tile`` = (i, j) of group
+    ``group`` of kernel ``kind``, computed with ``options`` (the kernel's config options),
+    ``block_size`` and ``tile_size``, on ``device``; the network at ``model_path`` must still
+    reproduce its logits at ``logits_path`` (None: not checked)."""
+
+    data_path: str | Path = snakemake_field("input.data")
+    model_path: str | Path = snakemake_field("input.model")
+    kind: str = snakemake_field("wildcards.kernel")
+    options: dict[str, Any] = snakemake_field("params.options")
+    block_size: int = snakemake_field("params.block_size")
+    tile_size: int = snakemake_field("params.tile_size")
+    group: str = snakemake_field("wildcards.group")
+    tile: tuple[int, int] = snakemake_field("wildcards", convert=_tile_of)
+    device: str = snakemake_field("params.device")
+    out_path: str | Path = snakemake_field("output[0]")
+    logits_path: str | Path | None = snakemake_field("input.logits", default=None)
+
+
+def kernel_tile_stage(job: KernelTileJob) -> None:
+    """Compute one tile of a tiled kernel (see :mod:`ntkbench.kernels.tiling`); resumable,
+    written to ``<out>.partial`` then renamed."""
+    bundle, dev, model, _ = _inputs(job.data_path, job.model_path, job.device, job.logits_path)
+    x, y = kernel_groups(bundle)[job.group]
+    out_path = Path(job.out_path)
     partial = out_path.with_name(out_path.name + ".partial")
-    log.info("kernel %s: group %s, tile %s of tile_size %d", kind, group, tuple(tile), tile_size)
-    _resumable(partial, lambda: compute_tile(partial, model, x, y, kind=kind, tile=tuple(tile), tile_size=tile_size,
-                                             block_size=block_size, device=dev, **engine_options(kind, options)))
+    log.info("kernel %s: group %s, tile %s of tile_size %d", job.kind, job.group, tuple(job.tile), job.tile_size)
+    _resumable(partial, lambda: compute_tile(partial, model, x, y, kind=job.kind, tile=tuple(job.tile),
+                                             tile_size=job.tile_size, block_size=job.block_size, device=dev,
+                                             **engine_options(job.kind, job.options)))
     os.replace(partial, out_path)
 
 

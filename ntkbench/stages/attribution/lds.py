@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,14 +18,14 @@ from ntkbench.attribution.retrain import subset_model_seed
 from ntkbench.attribution.subsets import subset_mask
 from ntkbench.data import DataBundle, load_bundle
 from ntkbench.stages.attribution.common import KERNEL_METHODS, TABLE_COLUMNS, check_fingerprints
-from ntkbench.stages.common import InputError, read_json, read_npz, write_csv
+from ntkbench.stages.common import InputError, read_json, read_npz, snakemake_field, write_csv
 from ntkbench.stages.kernels import check_kernel_file
 from ntkbench.stages.surrogates import read_kglm_fit
 from ntkbench.utils import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["gather_subsets", "lds_stage"]
+__all__ = ["gather_subsets", "LdsJob", "lds_stage"]
 
 
 def gather_subsets(paths: Sequence[str | Path], bundle: DataBundle, num_subsets: int, settings: Mapping[str, Any],
@@ -78,57 +79,79 @@ def _kglm_scores(kind: str, bundle: DataBundle, kernel_path: str | Path, options
                                               signed_similarity=signed)
 
 
-def lds_stage(experiment: str, data_path: str | Path, model_path: str | Path, seed: int,
-              subset_paths: Sequence[str | Path], kernels: Sequence[str], kernel_paths: Mapping[str, str | Path],
-              kernel_options: Mapping[str, dict[str, Any]], kglm_npz_paths: Mapping[str, str | Path],
-              kglm_json_paths: Mapping[str, str | Path], gradients_path: str | Path, mislabel_path: str | Path,
-              settings: Mapping[str, Any], out_csv: str | Path) -> pd.DataFrame:
+@dataclass(frozen=True)
+class LdsJob:
+    """The inputs of one experiment's LDS job (rule ``attribution_lds``): the attributed
+    network of training seed ``seed``, its subset retrainings, and per kernel (keyed by the
+    names in ``kernels``) its kernel file, kernel options and kGLM fit and report; the
+    gradient methods' scores and the noisy-label twin's self-influence; ``settings`` from
+    the ``attribution:`` block; the table is written to ``out_csv``."""
+
+    experiment: str = snakemake_field("wildcards.experiment")
+    data_path: str | Path = snakemake_field("input.data")
+    model_path: str | Path = snakemake_field("input.model")
+    seed: int = snakemake_field("params.seed", convert=int)
+    subset_paths: Sequence[str | Path] = snakemake_field("input.subsets", convert=list)
+    kernels: Sequence[str] = snakemake_field("params.kernels", convert=list)
+    # params.kernels is the order of the kernel and kGLM inputs
+    kernel_paths: Mapping[str, str | Path] = snakemake_field("input.kernels", keyed_by="params.kernels")
+    kernel_options: Mapping[str, dict[str, Any]] = snakemake_field("params.kernel_options")
+    kglm_npz_paths: Mapping[str, str | Path] = snakemake_field("input.kglm_fits", keyed_by="params.kernels")
+    kglm_json_paths: Mapping[str, str | Path] = snakemake_field("input.kglm_reports", keyed_by="params.kernels")
+    gradients_path: str | Path = snakemake_field("input.gradients")
+    mislabel_path: str | Path = snakemake_field("input.mislabel")
+    settings: Mapping[str, Any] = snakemake_field("params.settings")
+    out_csv: str | Path = snakemake_field("output[0]")
+
+
+def lds_stage(job: LdsJob) -> pd.DataFrame:
     """One experiment's table: a row per method (kGLM and similarity per kernel, then the
     gradient methods) with LDS ± SEM, mislabel AUC and, for kGLM rows, τ; columns
     :data:`TABLE_COLUMNS`. Every input is checked before use."""
-    bundle = load_bundle(data_path)
-    model, ckpt = models.load_checkpoint(model_path)
+    seed, settings = job.seed, job.settings
+    bundle = load_bundle(job.data_path)
+    model, ckpt = models.load_checkpoint(job.model_path)
     if int(ckpt.get("seed", -1)) != int(seed):
-        raise InputError(f"{model_path}: a network of training seed {ckpt.get('seed')}, expected {seed}")
-    masks, outputs, info = gather_subsets(subset_paths, bundle, int(settings["num_subsets"]), settings, seed)
-    log.info("%s: %d subsets of %d points, subset networks' test accuracy %.3f (min %.3f)", experiment,
+        raise InputError(f"{job.model_path}: a network of training seed {ckpt.get('seed')}, expected {seed}")
+    masks, outputs, info = gather_subsets(job.subset_paths, bundle, int(settings["num_subsets"]), settings, seed)
+    log.info("%s: %d subsets of %d points, subset networks' test accuracy %.3f (min %.3f)", job.experiment,
              len(masks), int(masks[0].sum()), info["subset_test_acc_mean"], info["subset_test_acc_min"])
 
-    grads = read_npz(gradients_path, ("methods",))
-    check_fingerprints(gradients_path, grads, bundle)
+    grads = read_npz(job.gradients_path, ("methods",))
+    check_fingerprints(job.gradients_path, grads, bundle)
     if str(grads.get("model_fingerprint")) != store.model_fingerprint(model):
-        raise InputError(f"{gradients_path}: computed for another network than {model_path}")
-    mis = read_npz(mislabel_path, ("flipped",))
-    check_fingerprints(mislabel_path, mis, bundle)
+        raise InputError(f"{job.gradients_path}: computed for another network than {job.model_path}")
+    mis = read_npz(job.mislabel_path, ("flipped",))
+    check_fingerprints(job.mislabel_path, mis, bundle)
     flipped = mis["flipped"].astype(bool)
 
     rows = []
     signed = bool(settings["signed_similarity"])
-    for kind in kernels:
-        scores = _kglm_scores(kind, bundle, kernel_paths[kind], kernel_options[kind], model, kglm_npz_paths[kind], signed)
-        report = read_json(kglm_json_paths[kind], required=("test", "kernel"))
+    for kind in job.kernels:
+        scores = _kglm_scores(kind, bundle, job.kernel_paths[kind], job.kernel_options[kind], model, job.kglm_npz_paths[kind], signed)
+        report = read_json(job.kglm_json_paths[kind], required=("test", "kernel"))
         if report["kernel"] != kind:
-            raise InputError(f"{kglm_json_paths[kind]}: the kGLM report of kernel {report['kernel']!r}, expected {kind!r}")
+            raise InputError(f"{job.kglm_json_paths[kind]}: the kGLM report of kernel {report['kernel']!r}, expected {kind!r}")
         for method in KERNEL_METHODS:
             key = f"selfinf_{method}__{kind}"
             if key not in mis:
-                raise InputError(f"{mislabel_path}: no self-influence {key!r} (computed for other kernels?)")
+                raise InputError(f"{job.mislabel_path}: no self-influence {key!r} (computed for other job.kernels?)")
             tau = report["test"] if method == "kglm" else {}
-            rows.append(_row(experiment, method, kind, scores[method], masks, outputs, mis[key], flipped,
+            rows.append(_row(job.experiment, method, kind, scores[method], masks, outputs, mis[key], flipped,
                              tau.get("tau", math.nan), tau.get("tau_true_class", math.nan)))
     for method in [str(m) for m in grads["methods"]]:
         if f"selfinf_{method}" not in mis:
-            raise InputError(f"{mislabel_path}: no self-influence of {method!r}")
-        rows.append(_row(experiment, method, "", grads[f"scores_{method}"], masks, outputs, mis[f"selfinf_{method}"],
+            raise InputError(f"{job.mislabel_path}: no self-influence of {method!r}")
+        rows.append(_row(job.experiment, method, "", grads[f"scores_{method}"], masks, outputs, mis[f"selfinf_{method}"],
                          flipped, math.nan, math.nan))
     table = pd.DataFrame(rows)
     table["seed"] = int(seed)
     table["fraction"] = float(settings["fraction"])
     table["seed_scheme"] = str(settings["seed_scheme"])
     table = table[TABLE_COLUMNS]
-    write_csv(table, out_csv)
+    write_csv(table, job.out_csv)
     for row in table.itertuples():
-        log.info("%s %-10s %-10s LDS %.3f ± %.3f  AUC %.3f", experiment, row.method, row.kernel, row.lds, row.lds_sem,
+        log.info("%s %-10s %-10s LDS %.3f ± %.3f  AUC %.3f", job.experiment, row.method, row.kernel, row.lds, row.lds_sem,
                  row.auc)
     return table
 
