@@ -4,7 +4,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CORES  ?= $(shell nproc 2>/dev/null || echo 2)
-STAMP  := $(VENV)/.installed
+# Extras of pyproject.toml installed into .venv; CI adds hf (`make test EXTRAS=workflow,test,hf`).
+# The stamp is named after them, so that other extras install on the next make.
+EXTRAS ?= workflow,test
+comma  := ,
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# Extras the wheel is installed with in `make wheel-test` (e.g. WHEEL_EXTRAS=hf)
+WHEEL_EXTRAS ?=
 
 .PHONY: run test install dry-run bench clean-results report verify wheel-test
 
@@ -13,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned, so nothing below can pull a CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[workflow,test]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,7 +41,7 @@ verify: $(STAMP)
 
 # Build the wheel, install it into a fresh venv outside the checkout, run ci/wheel/smoke.py there.
 wheel-test: $(STAMP)
-	bash ci/wheel/wheel_test.sh
+	WHEEL_EXTRAS="$(WHEEL_EXTRAS)" bash ci/wheel/wheel_test.sh
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES)
@@ -46,10 +52,10 @@ test: $(STAMP)
 # The workflow through Snakemake's SLURM executor (profiles/slurm) on a throw-away single-node
 # SLURM started on this machine, checked against a local run (ci/cluster/cluster_test.sh).
 # Needs root: installs Debian's slurm-wlm and munge, writes /etc/slurm/slurm.conf.
-CLUSTER_STAMP := $(VENV)/.installed-cluster
+CLUSTER_STAMP := $(VENV)/.installed-cluster-$(subst $(comma),-,$(EXTRAS))
 
 $(CLUSTER_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[workflow,test,cluster]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS),cluster]"
 	touch $(CLUSTER_STAMP)
 
 .PHONY: cluster-test
@@ -59,6 +65,26 @@ cluster-test: $(CLUSTER_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/kernels.py
+
+# The documentation site (mkdocs.yml, docs/; API reference from the docstrings by mkdocstrings)
+# into site/. --strict: a broken link or anchor, a page missing from the nav or a docstring
+# warning fails the build. The docs extra is installed into .venv by its own stamp.
+DOCS_STAMP := $(VENV)/.installed-docs-$(subst $(comma),-,$(EXTRAS))
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS),docs]"
+	touch $(DOCS_STAMP)
+
+.PHONY: docs rulegraph
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The picture of the DAG (README, docs/workflow.md): the rule graph of the embedded default
+# config.yaml, drawn by graphviz's dot (apt-get install graphviz). Commit the new SVG.
+rulegraph: $(STAMP)
+	@command -v dot >/dev/null || { echo "make rulegraph needs graphviz's dot (apt-get install graphviz)" >&2; exit 1; }
+	$(BIN)/snakemake --rulegraph --nolock > $(VENV)/rulegraph.dot
+	dot -Tsvg $(VENV)/rulegraph.dot -o docs/img/rulegraph.svg
 
 clean-results:
 	rm -rf results .snakemake

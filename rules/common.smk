@@ -1,5 +1,6 @@
 # Shared helpers for every stage: validated config, result paths, code fingerprints, resources.
 # Only torch-free modules are imported here, so parsing the Snakefile stays fast.
+from importlib import resources
 from pathlib import Path
 
 from ntkbench.config import (DEFAULT_VARIANT, check_config_files, experiment_kglm_variants, experiment_seeds,
@@ -13,7 +14,8 @@ check_config_files(workflow.configfiles)
 config = validate_config(config)
 
 RESULTS = "results"
-CAPTIONS = "../report/captions"  # relative to the rules/ files, for report(caption=...)
+# The report's captions ship in the package (ntkbench/resources/captions), like the schema.
+CAPTIONS = str(resources.files("ntkbench") / "resources" / "captions")
 EXPERIMENTS = config["experiments"]
 ALL_TARGETS = []  # each stage appends the files `rule all` must produce
 
@@ -27,6 +29,19 @@ def script_code(script):
     """Hash of a workflow script's library import closure (paths relative to the repository):
     passed as a param, so editing any module the script imports reruns exactly that rule."""
     return code_fingerprint(Path(workflow.basedir) / "workflow_scripts" / script, workflow.basedir)
+
+
+def pretrained_files(w):
+    """The files of the experiment's pretrained checkpoint (a `huggingface` model's `path`, a
+    text encoder's `checkpoint` directory), as inputs of the rules that build the network: new
+    weights there rerun those rules and everything downstream. None for other models."""
+    spec = EXPERIMENTS[w.experiment]["model"]
+    folder = spec.get("path") if spec.get("name") == "huggingface" else spec.get("checkpoint")
+    if not folder:
+        return []
+    folder = Path(folder)
+    # A missing folder is reported by Snakemake as a missing input, naming config.json.
+    return sorted(str(p) for p in folder.iterdir() if p.is_file()) if folder.is_dir() else [str(folder / "config.json")]
 
 
 def stage_resources(stage):

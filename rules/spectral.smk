@@ -98,7 +98,7 @@ if TMS_CFG is not None:
 
 if MODADD_CFG is not None:
     MODADD_EXPS = {name: modadd_experiment_config(MODADD_CFG, name) for name in MODADD_CFG["experiments"]}
-    # output key: (file, caption in report/captions/ or None when not shown in the report)
+    # output key: (file, caption in ntkbench/resources/captions/ or None when not shown in the report)
     MODADD_REPORT = {
         "training_curve": ("training_curve.csv", None),
         "spectra": ("spectra.csv", None),

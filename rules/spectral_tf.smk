@@ -25,7 +25,7 @@ def tf_settings(stage, block):
 if TF_CFG is not None:
     TF_EXPS = {name: modadd_experiment_config(TF_CFG, name) for name in TF_CFG["experiments"]}
     TF_EXP_RE = "|".join(re.escape(n) for n in TF_EXPS)
-    # output key: (file, caption in report/captions/ or None when not shown in the report)
+    # output key: (file, caption in ntkbench/resources/captions/ or None when not shown in the report)
     TF_REPORT = {
         "training_curve": ("training_curve.csv", None),
         "spectra": ("spectra.csv", None),

@@ -27,6 +27,7 @@ checkpoint prepare_data:
 rule train:
     input:
         data=rules.prepare_data.output[0],
+        pretrained=pretrained_files,
     output:
         model=update(f"{RESULTS}/{{experiment}}/seed{{seed}}/model.pt"),
         logits=update(f"{RESULTS}/{{experiment}}/seed{{seed}}/logits.npz"),

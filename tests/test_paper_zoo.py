@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
 from ntkbench import kernels, models
@@ -20,7 +20,6 @@ from ntkbench.kernels.fast import GradientEngine
 from ntkbench.kernels.forward import trainable_parameters
 from ntkbench.kernels.generic import functional_state
 from ntkbench.kernels.projection import BlockProjector
-from ntkbench.models.text_encoder import read_safetensors
 from ntkbench.training import TrainConfig, train_classifier
 from tests.kernel_models import brute_jacobian, brute_kernels, with_bn_stats
 
@@ -277,15 +276,7 @@ def _hf_forward(st: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
 
 
 def _write_safetensors(path, state: dict[str, torch.Tensor]) -> None:
-    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
-    for name, t in state.items():
-        raw = t.contiguous().numpy().astype("<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    path.write_bytes(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+    save_file({k: t.contiguous() for k, t in state.items()}, path, metadata={"format": "pt"})
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
@@ -294,8 +285,6 @@ def test_hf_checkpoint_loader(tmp_path, fmt):
     (tmp_path / "config.json").write_text(json.dumps(HF_CONFIG))
     if fmt == "safetensors":
         _write_safetensors(tmp_path / "model.safetensors", st)
-        back = read_safetensors(tmp_path / "model.safetensors")
-        assert set(back) == set(st) and all(torch.equal(back[k], st[k]) for k in st)
     else:
         torch.save(st, tmp_path / "pytorch_model.bin")
     spec = {"name": "text-encoder", "input_shape": [6], "num_outputs": 2, "vocab_size": 12,
@@ -329,6 +318,9 @@ def test_hf_checkpoint_errors(tmp_path):
     st["bert.pooler.dense.weight"] = torch.zeros(8, 7)
     _write_safetensors(tmp_path / "model.safetensors", st)
     with pytest.raises(ValueError, match=r"bert\.pooler\.dense\.weight.*\(8, 7\)"):
+        models.build(spec)
+    (tmp_path / "model.safetensors").write_bytes(b"\x08" + bytes(7) + b"not json")
+    with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file"):
         models.build(spec)
     _write_safetensors(tmp_path / "model.safetensors", _hf_state())
     with pytest.raises(ValueError, match=r"model.dim=16 contradicts .*config.json"):

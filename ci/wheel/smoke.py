@@ -1,19 +1,32 @@
 """Smoke test of an installed ntkbench wheel, run from a fresh venv outside the checkout
 (ci/wheel/wheel_test.sh): the package imports from site-packages, validates a config through
-its packaged schema, and computes a kernel equal to brute-force autograd.
+its packaged schema, and computes a kernel equal to brute-force autograd. With transformers
+importable (the wheel's ``hf`` extra), a tiny Hugging Face classifier saved with
+``save_pretrained`` loads through ``ntkbench.models.from_pretrained`` and its kernel equals
+brute force too; without it, that part is skipped (and loading must say how to install it).
 
-    python smoke.py CONFIG.yaml
+    [WHEEL_EXTRAS=hf] python smoke.py CONFIG.yaml
+
+``WHEEL_EXTRAS`` lists the extras the wheel was installed with: with ``hf`` among them a
+missing transformers is an error, not a skip.
 """
 import importlib.metadata
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import ntkbench
-from ntkbench import kernels
+from ntkbench import kernels, models
 from ntkbench.config import SCHEMA_RESOURCE, load_config
+
+try:
+    import transformers
+except ImportError:
+    transformers = None
 
 
 def brute_trntk(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +60,39 @@ def main(config_path: str) -> None:
     torch.testing.assert_close(k, brute_trntk(model, x), rtol=1e-10, atol=1e-12)
     print(f"trntk of a small MLP equals brute-force autograd (max |k| off-diagonal "
           f"{float((k - torch.eye(6, dtype=k.dtype)).abs().max()):.3f})")
+    huggingface_smoke("hf" in os.environ.get("WHEEL_EXTRAS", "").split(","))
     print("wheel smoke test passed")
+
+
+def huggingface_smoke(required: bool) -> None:
+    """from_pretrained on a tiny GPT-2 classifier (padded inputs): the HF model's own logits,
+    and trntk equal to brute-force autograd; without transformers, the ImportError."""
+    if transformers is None:
+        assert not required, "WHEEL_EXTRAS has hf but transformers does not import"
+        try:
+            models.from_pretrained("no-such-checkpoint")
+        except ImportError as err:
+            assert "ntkbench[hf]" in str(err), err
+        else:
+            raise AssertionError("from_pretrained without transformers did not raise ImportError")
+        print("transformers is not installed: Hugging Face smoke test skipped")
+        return
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=20, n_embd=8, n_layer=1, n_head=2, n_positions=8,
+                                     pad_token_id=0, num_labels=3)
+    hf = transformers.GPT2ForSequenceClassification(config).eval()
+    ids = torch.randint(1, 20, (4, 5))
+    ids[0, 3:] = 0  # padding: the classifier reads the last non-pad token
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        model = models.from_pretrained(tmp)
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=(ids != 0).long()).logits
+        torch.testing.assert_close(model(ids), want, rtol=1e-5, atol=1e-6)
+    k = kernels.compute(model, ids, kind="trntk", dtype=torch.float64)
+    torch.testing.assert_close(k, brute_trntk(model.double(), ids), rtol=1e-9, atol=1e-10)
+    print(f"transformers {transformers.__version__}: a saved GPT-2 classifier loads through from_pretrained; "
+          "its trntk equals brute-force autograd")
 
 
 if __name__ == "__main__":

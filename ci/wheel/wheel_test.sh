@@ -20,8 +20,15 @@ log "built $(basename "$WHEEL"); fresh venv in $WORK/venv"
 "$WORK/venv/bin/python" -m pip install -q --upgrade pip
 # torch first and pinned, so that nothing below pulls a CUDA build
 "$WORK/venv/bin/python" -m pip install -q torch==2.13.0
-"$WORK/venv/bin/python" -m pip install -q "$WHEEL"
+# WHEEL_EXTRAS (e.g. "hf"): the wheel's optional extras to install with it; smoke.py then
+# requires what they bring (without hf it checks the ImportError naming the extra instead)
+if [ -n "${WHEEL_EXTRAS:-}" ]; then
+  log "installing the wheel with extras [$WHEEL_EXTRAS]"
+  "$WORK/venv/bin/python" -m pip install -q "$WHEEL[$WHEEL_EXTRAS]"
+else
+  "$WORK/venv/bin/python" -m pip install -q "$WHEEL"
+fi
 cp "$REPO/ci/wheel/smoke.py" "$REPO/config.yaml" "$WORK/"
 cd "$WORK"  # nowhere near the checkout: the import must come from the venv
-"$WORK/venv/bin/python" smoke.py config.yaml
+WHEEL_EXTRAS="${WHEEL_EXTRAS:-}" "$WORK/venv/bin/python" smoke.py config.yaml
 log "PASSED"

@@ -13,7 +13,7 @@ from torch import nn
 
 from ntkbench.integrity import CorruptFileError, load_torch, save_torch
 
-__all__ = ["build", "register", "save_checkpoint", "load_checkpoint", "REGISTRY"]
+__all__ = ["build", "register", "save_checkpoint", "load_checkpoint", "from_pretrained", "REGISTRY"]
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -68,8 +68,26 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     return model.to(device).eval(), ckpt
 
 
+def from_pretrained(path: str | Path, task: str | None = None) -> nn.Module:
+    """A local Hugging Face sequence- or image-classification checkpoint as a model of the zoo.
+
+    Args:
+        path: directory written by ``save_pretrained`` (config.json + weights).
+        task: ``"sequence-classification"``, ``"image-classification"``, or None to infer it
+            from the config's ``architectures``.
+
+    Returns:
+        An ``nn.Module`` in eval mode whose ``forward(x)`` gives the (N, C) logits of token ids
+        (N, L) or pixel values (N, C, H, W); see :mod:`ntkbench.models.huggingface`. Needs the
+        optional extra: ``pip install 'ntkbench[hf]'``.
+    """
+    from ntkbench.models import huggingface
+
+    return huggingface.from_pretrained(path, task)
+
+
 def _import_zoo() -> None:
     # Importing the modules runs their @register decorators. Static imports, so that code
     # fingerprints (ntkbench.provenance) see every model module.
     from ntkbench.models import classifiers, modmlp, reference, shan_cnn, tms, transformer  # noqa: F401
-    from ntkbench.models import mobilenet, resnet, text_encoder  # noqa: F401
+    from ntkbench.models import huggingface, mobilenet, resnet, text_encoder  # noqa: F401

@@ -14,7 +14,7 @@ token types go through nn.Embedding, so the kernel engine's fast path covers eve
 The data bundle stores token ids as float32; they are rounded to int64 in ``forward``.
 
 ``checkpoint=<dir>`` reads ``<dir>/config.json`` (sizes, eps, activation, pad id) and the
-weights from ``<dir>/model.safetensors`` (parsed here: no ``safetensors`` dependency) or
+weights from ``<dir>/model.safetensors`` (``safetensors.torch.load_file``) or
 ``<dir>/pytorch_model.bin`` (``torch.load(weights_only=True)``), mapping the HF BERT names onto
 this module (:func:`hf_key_map`). Only the first L position embeddings and the first
 token-type row are used (inputs are single segments). The token ids must then come from the
@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import json
 import math
-import struct
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from ntkbench.models import register
 from ntkbench.utils import get_logger
 
-__all__ = ["TextEncoder", "text_encoder", "read_safetensors", "hf_key_map", "load_hf_bert", "DEFAULTS"]
+__all__ = ["TextEncoder", "text_encoder", "hf_key_map", "load_hf_bert", "DEFAULTS"]
 
 _LOG = get_logger(__name__)
 #: Sizes of the from-scratch model: those of Google's BERT-tiny (L=2, H=128, A=2, 4H MLP).
@@ -192,50 +192,6 @@ def _check_sizes(sizes: dict[str, int], vocab_size: int, pad_id: int, where: str
 
 
 # -- Hugging Face checkpoints -------------------------------------------------------------------
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` file: an 8-byte little-endian header length n, n bytes of
-    JSON ``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": ...}``, then the
-    raw little-endian buffers (offsets relative to the end of the header)."""
-    path = Path(path)
-    raw = path.read_bytes()
-    if len(raw) < 8:
-        raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if 8 + n > len(raw):
-        raise ValueError(f"{path}: header length {n} runs past the end of the file ({len(raw)} bytes)")
-    try:
-        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: unreadable safetensors JSON header: {err}") from err
-    data = memoryview(raw)[8 + n :]
-    out: dict[str, torch.Tensor] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _ST_DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if end - begin != expected or end > len(data):
-            raise ValueError(f"{path}: tensor {name!r} of shape {shape} and dtype {info['dtype']} should take "
-                             f"{expected} bytes, its offsets [{begin}, {end}] do not fit")
-        buf = bytearray(data[begin:end])  # a writable copy (torch.frombuffer would share read-only bytes)
-        t = torch.frombuffer(buf, dtype=dtype) if expected else torch.empty(0, dtype=dtype)
-        if sys.byteorder == "big" and t.element_size() > 1:
-            t = t.view(torch.uint8).reshape(-1, t.element_size()).flip(1).reshape(-1).view(dtype)
-        out[name] = t.reshape(shape)
-    return out
-
-
 def hf_key_map(depth: int, prefix: str = "bert.") -> dict[str, str]:
     """``{this module's parameter: HF BERT parameter}`` for a ``depth``-layer encoder.
 
@@ -261,7 +217,10 @@ def hf_key_map(depth: int, prefix: str = "bert.") -> dict[str, str]:
 def _read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
     st, pt = directory / "model.safetensors", directory / "pytorch_model.bin"
     if st.exists():
-        return read_safetensors(st), st
+        try:
+            return load_file(st, device="cpu"), st
+        except SafetensorError as err:
+            raise ValueError(f"{st}: not a readable safetensors file ({err})") from err
     if pt.exists():
         state = torch.load(pt, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
