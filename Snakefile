@@ -1,6 +1,6 @@
 # ntkbench: train a model zoo, compute eNTK-family kernels, fit kernel-GLM surrogates, measure
 # their faithfulness, trace poisoned data, and find learned features in eNTK spectra.
-# Run with `make run` (embedded default config.yaml) or see README.md for SLURM.
+# Run with `make run` (embedded default config.yaml) or see docs/cluster.md for SLURM.
 from snakemake.utils import min_version
 
 min_version("9.0")

@@ -221,48 +221,43 @@ class KernelGLM(ClassifierMixin, BaseEstimator):
     ``fit(K_train, y)`` with the train×train kernel ``(N, N)``; every other method takes a
     kernel block between some points and the same ``N`` training points, ``(M, N)``.
 
-    Parameters
-    ----------
-    alpha:
-        L2 strength (objective ``mean weighted log-loss + alpha/2 ‖W‖²``, both solvers).
-        Original code: 1e-4 for small models and ResNet18, 1e-2 for BERT and the poisoned CNN.
-    class_weight:
-        ``"balanced"`` (paper), ``None``, or a dict ``{class: weight}``.
-    solver:
-        ``"sgd"`` (SGDClassifier, the paper's) or ``"lbfgs"`` (the exact optimum of the same
-        objective, multinomial for ``C ≥ 3``; deterministic). The constructor keeps ``"sgd"``
-        for library callers; the workflow's default is the schema's (``kglm.solver``). The
-        options ``max_iter``, ``tol``, ``average``, ``learning_rate``, ``eta0``, ``power_t``,
-        ``n_iter_no_change``, ``seed`` and ``n_jobs`` belong to SGD and are ignored by
-        ``"lbfgs"``, which runs to a gradient below ``LBFGS_GTOL`` (see :meth:`describe`).
-    max_iter:
-        Epochs over the training set. With ``tol=None`` every epoch runs, which the
-        averaging schedule below relies on.
-    tol:
-        SGDClassifier's stopping tolerance. ``None`` (default) runs all ``max_iter``
-        epochs; the original code used sklearn's default 1e-3, which stops after a few
-        noisy epochs.
-    average:
-        Iterate averaging, as the fraction of the ``max_iter`` epochs at the end over which
-        the weights are averaged: ``0.5`` (default) averages the second half (tail
-        averaging), ``True``/``1.0`` averages from the first step (sklearn's
-        ``average=True``), ``False``/``0.0`` returns the last iterate (the original code).
-    learning_rate, eta0, power_t, n_iter_no_change:
-        Passed to SGDClassifier (defaults: its ``"optimal"`` schedule ``1/(alpha (t + t0))``).
-    kernel_scale:
-        ``None`` (default) fits on the kernel as given. A number ``s`` fits on ``K / s``;
-        ``"auto"`` uses the root-mean-square of the train×train diagonal. The fitted
-        weights are divided by ``s`` again, so :meth:`decision_function` and
-        :meth:`attribution` take the unscaled kernel. Useful for unnormalised kernels
-        (``trntk0``, ``pntk0``) whose large values make SGD steps blow up — at the price
-        of an effective ``alpha`` that differs from the paper's by ``s²``.
-    n_classes:
-        Expected number of classes (2 for binary). When given, ``fit`` checks that every
-        class ``0..n_classes-1`` occurs in ``y`` and names the missing ones otherwise.
-    seed:
-        ``random_state`` of SGDClassifier (sample order); the fit is deterministic given it.
-    n_jobs:
-        Parallel one-vs-rest fits (multi-class only).
+    Args:
+        alpha: L2 strength (objective ``mean weighted log-loss + alpha/2 ‖W‖²``, both solvers).
+            Original code: 1e-4 for small models and ResNet18, 1e-2 for BERT and the poisoned CNN.
+        class_weight: ``"balanced"`` (paper), ``None``, or a dict ``{class: weight}``.
+        solver: ``"sgd"`` (SGDClassifier, the paper's) or ``"lbfgs"`` (the exact optimum of the
+            same objective, multinomial for ``C ≥ 3``; deterministic). The constructor keeps
+            ``"sgd"`` for library callers; the workflow's default is the schema's
+            (``kglm.solver``). The options ``max_iter``, ``tol``, ``average``,
+            ``learning_rate``, ``eta0``, ``power_t``, ``n_iter_no_change``, ``seed`` and
+            ``n_jobs`` belong to SGD and are ignored by ``"lbfgs"``, which runs to a gradient
+            below ``LBFGS_GTOL`` (see :meth:`describe`).
+        max_iter: Epochs over the training set. With ``tol=None`` every epoch runs, which the
+            averaging schedule below relies on.
+        tol: SGDClassifier's stopping tolerance. ``None`` (default) runs all ``max_iter``
+            epochs; the original code used sklearn's default 1e-3, which stops after a few
+            noisy epochs.
+        average: Iterate averaging, as the fraction of the ``max_iter`` epochs at the end over
+            which the weights are averaged: ``0.5`` (default) averages the second half (tail
+            averaging), ``True``/``1.0`` averages from the first step (sklearn's
+            ``average=True``), ``False``/``0.0`` returns the last iterate (the original code).
+        learning_rate: Passed to SGDClassifier (default: its ``"optimal"`` schedule
+            ``1/(alpha (t + t0))``).
+        eta0: Passed to SGDClassifier (unused by the default ``"optimal"`` schedule).
+        power_t: Passed to SGDClassifier (unused by the default ``"optimal"`` schedule).
+        n_iter_no_change: Passed to SGDClassifier (used only with a ``tol``).
+        kernel_scale: ``None`` (default) fits on the kernel as given. A number ``s`` fits on
+            ``K / s``; ``"auto"`` uses the root-mean-square of the train×train diagonal. The
+            fitted weights are divided by ``s`` again, so :meth:`decision_function` and
+            :meth:`attribution` take the unscaled kernel. Useful for unnormalised kernels
+            (``trntk0``, ``pntk0``) whose large values make SGD steps blow up — at the price
+            of an effective ``alpha`` that differs from the paper's by ``s²``.
+        n_classes: Expected number of classes (2 for binary). When given, ``fit`` checks that
+            every class ``0..n_classes-1`` occurs in ``y`` and names the missing ones
+            otherwise.
+        seed: ``random_state`` of SGDClassifier (sample order); the fit is deterministic given
+            it.
+        n_jobs: Parallel one-vs-rest fits (multi-class only).
 
     Why these defaults: SGD on a kernel's highly correlated features with a small ``alpha``
     converges slowly, and the last iterate of the original settings (``tol=1e-3``, no
@@ -273,30 +268,24 @@ class KernelGLM(ClassifierMixin, BaseEstimator):
     the first step is as reproducible but biased towards early, poor iterates.
     See :meth:`paper_settings` for the original configuration.
 
-    Attributes
-    ----------
-    coef_ : ndarray (C_out, N)
-        ``W``, in units of the unscaled kernel. ``C_out = 1`` for binary problems.
-    intercept_ : ndarray (C_out,)
-        ``b``.
-    classes_ : ndarray
-        ``0..n_classes-1``.
-    n_features_in_ : int
-        ``N``, the number of training points (kernel columns).
-    n_iter_ : int
-        Epochs run (max over one-vs-rest problems).
-    kernel_scale_ : float
-        Scale actually divided out during fitting (1.0 when ``kernel_scale`` is None).
-    sgd_ : SGDClassifier
-        The fitted sklearn estimator (on the scaled kernel); ``solver="sgd"`` only.
-    objective_ : float
-        ``E(W, b)`` at the returned weights (both solvers), on the kernel passed to ``fit``
-        (scaled by ``kernel_scale_``), so SGD's distance from the optimum can be read off.
-    grad_max_ : float
-        Largest absolute component of the gradient of ``E`` at the returned weights.
-    converged_ : bool
-        L-BFGS met its tolerance / SGD stopped before ``max_iter`` (always False with
-        ``tol=None``, which runs every epoch by design).
+    Attributes:
+        coef_ (ndarray): ``W``, shape ``(C_out, N)``, in units of the unscaled kernel.
+            ``C_out = 1`` for binary problems.
+        intercept_ (ndarray): ``b``, shape ``(C_out,)``.
+        classes_ (ndarray): ``0..n_classes-1``.
+        n_features_in_ (int): ``N``, the number of training points (kernel columns).
+        n_iter_ (int): Epochs run (max over one-vs-rest problems).
+        kernel_scale_ (float): Scale actually divided out during fitting (1.0 when
+            ``kernel_scale`` is None).
+        sgd_ (SGDClassifier): The fitted sklearn estimator (on the scaled kernel);
+            ``solver="sgd"`` only.
+        objective_ (float): ``E(W, b)`` at the returned weights (both solvers), on the kernel
+            passed to ``fit`` (scaled by ``kernel_scale_``), so SGD's distance from the optimum
+            can be read off.
+        grad_max_ (float): Largest absolute component of the gradient of ``E`` at the returned
+            weights.
+        converged_ (bool): L-BFGS met its tolerance / SGD stopped before ``max_iter`` (always
+            False with ``tol=None``, which runs every epoch by design).
     """
 
     def __init__(

@@ -176,8 +176,9 @@ def check_training(model: nn.Module, history: pd.DataFrame | None = None, train_
     Args:
         model: the trained network (weights and floating buffers are checked).
         history: its training curve (``loss_column``: non-finite or blown-up loss), or None.
-        train_logits, train_y: outputs on the training set and its labels (non-finite, huge or
-            constant outputs; accuracy at chance); either may be None (no label check without
+        train_logits: outputs on the training set (non-finite, huge or constant outputs), or
+            None.
+        train_y: its labels (accuracy at chance), or None (no label check without
             ``train_y``).
         num_classes: the number of classes (defaults to what the labels show).
         allow_failure: log the problems as a warning and return them instead of raising.
