@@ -333,8 +333,9 @@ def _min_train_points(spec: dict[str, Any]) -> tuple[int, str]:
         if spec.get("max_train") is not None and spec["max_train"] < n:
             return spec["max_train"], "data.max_train"
         return max(1, n), f"at least {per_class} per class in the digits training split"
-    if spec.get("max_train") is not None:  # the image and text loaders refuse a larger one
-        return spec["max_train"], "data.max_train"
+    for key in ("max_train", "first_train"):  # the image and text loaders refuse a larger one
+        if spec.get(key) is not None:
+            return spec[key], f"data.{key}"
     if total is None:
         return 1, "the data set's size is not known before loading"
     if spec.get("classes"):
@@ -397,6 +398,16 @@ def _attribution_checks(cfg: dict[str, Any]) -> list[str]:
         elif block.get("seed") is not None and block["seed"] not in experiment_seeds(cfg, exp):
             problems.append(f"attribution.seed: {block['seed']} is not a training seed of {exp!r} "
                             f"({experiment_seeds(cfg, exp)}); the attributed network must be one the DAG trains")
+    trak = block.get("trak") or {}
+    ensemble = trak.get("ensemble", 1)
+    largest = max(ensemble) if isinstance(ensemble, list) else ensemble
+    if trak.get("ensemble_data") == "subsets":
+        if largest > block.get("num_subsets", 0):
+            problems.append(f"attribution.trak.ensemble: {largest} subset networks, but attribution.num_subsets is "
+                            f"{block.get('num_subsets')}")
+        if block.get("mislabel") is not None:
+            problems.append("attribution.trak.ensemble_data: subsets has no noisy-label twin of the subset networks; "
+                            "set attribution.mislabel: null (no mislabel AUC) or ensemble_data: full")
     return problems
 
 

@@ -55,7 +55,8 @@ rule attribution_subsets:
         seed=lambda w: attribution_seed(w.experiment),
         indices=lambda w: list(range(int(w.chunk) * ATTRIBUTION["subsets_per_job"],
                                      min(ATTRIBUTION["num_subsets"], (int(w.chunk) + 1) * ATTRIBUTION["subsets_per_job"]))),
-        settings=attribution_settings("fraction", "subset_seed", "seed_scheme"),
+        settings=dict(attribution_settings("fraction", "subset_seed", "subset_draw", "seed_scheme"),
+                      store_weights=ATTRIBUTION["trak"]["ensemble_data"] == "subsets"),
         device=config["device"],
         code=script_code("attribution_subsets.py"),
     log:
@@ -76,13 +77,17 @@ rule attribution_gradients:
         data=f"{RESULTS}/{{experiment}}/data.npz",
         pretrained=pretrained_files,
         model=lambda w: f"{RESULTS}/{w.experiment}/seed{attribution_seed(w.experiment)}/model.pt",
+        # TRAK on the LDS subset networks (trak.ensemble_data: subsets) reads them
+        subsets=expand(f"{ATTRIBUTION_DIR}/subsets/{{chunk}}.npz", chunk=range(ATTRIBUTION_CHUNKS), allow_missing=True)
+        if ATTRIBUTION["trak"]["ensemble_data"] == "subsets" else [],
     output:
         update(f"{ATTRIBUTION_DIR}/gradients.npz"),
     params:
         model=lambda w: EXPERIMENTS[w.experiment]["model"],
         train=lambda w: EXPERIMENTS[w.experiment]["train"],
         seed=lambda w: attribution_seed(w.experiment),
-        settings=attribution_settings("num_checkpoints", "batch_size", "trak"),
+        settings=attribution_settings("num_checkpoints", "batch_size", "trak", "tracin", "gradient_proj_dim", "num_subsets",
+                                      "fraction", "subset_seed", "subset_draw", "seed_scheme", "target"),
         device=config["device"],
         code=script_code("attribution_gradients.py"),
     log:
@@ -112,7 +117,7 @@ rule attribution_mislabel:
         kernels=lambda w: attribution_kernels(w.experiment),
         kernel_options=lambda w: {k: options_for(k, config["kernel_options"]) for k in attribution_kernels(w.experiment)},
         kglm=lambda w: experiment_kglm(config, w.experiment),
-        settings=attribution_settings("num_checkpoints", "batch_size", "trak", "mislabel"),
+        settings=attribution_settings("num_checkpoints", "batch_size", "trak", "tracin", "gradient_proj_dim", "mislabel"),
         device=config["device"],
         code=script_code("attribution_mislabel.py"),
     log:
@@ -138,14 +143,15 @@ rule attribution_lds:
         kglm_fits=lambda w: attribution_seed_paths(w, RESULTS + "/{experiment}/seed{seed}/kglm/{kernel}.npz"),
         kglm_reports=lambda w: attribution_seed_paths(w, RESULTS + "/{experiment}/seed{seed}/kglm/{kernel}.json"),
         gradients=f"{ATTRIBUTION_DIR}/gradients.npz",
-        mislabel=f"{ATTRIBUTION_DIR}/mislabel.npz",
+        mislabel=f"{ATTRIBUTION_DIR}/mislabel.npz" if ATTRIBUTION["mislabel"] is not None else [],
     output:
         update(f"{ATTRIBUTION_DIR}/attribution.csv"),
     params:
         seed=lambda w: attribution_seed(w.experiment),
         kernels=lambda w: attribution_kernels(w.experiment),
         kernel_options=lambda w: {k: options_for(k, config["kernel_options"]) for k in attribution_kernels(w.experiment)},
-        settings=attribution_settings("num_subsets", "fraction", "subset_seed", "seed_scheme", "signed_similarity"),
+        settings=attribution_settings("num_subsets", "fraction", "subset_seed", "subset_draw", "seed_scheme", "target",
+                                      "signed_similarity"),
         code=script_code("attribution_lds.py"),
     log:
         f"{RESULTS}/logs/{{experiment}}/attribution/lds.log",
@@ -169,9 +175,11 @@ rule attribution_table:
     input:
         expand(f"{ATTRIBUTION_DIR}/attribution.csv", experiment=ATTRIBUTION_EXPERIMENTS),
     output:
-        csv=update(f"{RESULTS}/attribution.csv"),
+        csv=report(update(f"{RESULTS}/attribution.csv"), caption=f"{CAPTIONS}/attribution_table.rst",
+                   category="Attribution", subcategory="LDS and mislabel detection"),
         markdown=update(f"{RESULTS}/attribution.md"),
-        figure=update(f"{RESULTS}/attribution.png"),
+        figure=report(update(f"{RESULTS}/attribution.png"), caption=f"{CAPTIONS}/attribution_figure.rst",
+                      category="Attribution", subcategory="LDS and mislabel detection"),
     params:
         code=script_code("attribution_table.py"),
     log:

@@ -24,7 +24,8 @@ KGLM = {"alpha": 1e-3, "seed": 0, "target": "labels", "class_weight": "balanced"
 MODEL = {"name": "mlp", "hidden": [16]}
 TRAIN = {"optimizer": "sgd", "lr": 1.0, "epochs": 20, "batch_size": 16, "allow_divergence": False}
 KERNELS = ["trntk", "ck"]
-SETTINGS = {"num_subsets": 6, "fraction": 0.5, "subset_seed": 3, "seed_scheme": "same", "subsets_per_job": 3,
+SETTINGS = {"num_subsets": 6, "fraction": 0.5, "subset_seed": 3, "subset_draw": "ntkbench", "seed_scheme": "same",
+            "target": "margin", "subsets_per_job": 3,
             "num_checkpoints": 2, "batch_size": 64, "signed_similarity": False,
             "trak": {"proj_dim": 16, "proj_type": "gaussian", "proj_seed": 0, "ridge": 0.01, "ensemble": 1},
             "mislabel": {"fraction": 0.2, "seed": 0}}
@@ -167,3 +168,102 @@ def test_config_attribution_block_defaults_and_label_noise():
         validate_config({"experiments": {"e": exp}, "attribution": {"num_subsets": 1}})
     with pytest.raises(ConfigError, match="label_noise"):
         validate_config({"experiments": {"e": {**exp, "data": {"name": "digits", "label_noise": {"seed": 1}}}}})
+
+
+def test_dattri_draw_offset_seeds_and_negated_loss_target(run, tmp_path):
+    """dattri's protocol through the stages: subset j = default_rng(subset_seed + j).choice(N,
+    int(N/2)), model seed = seed + j, target = the negated test cross-entropy; LDS is the
+    Spearman over subsets of (summed scores, target), checked by hand for one test point."""
+    from scipy.stats import spearmanr
+
+    from ntkbench.attribution.lds import compute_lds
+
+    root, bundle, _, _, paths = run
+    settings = {**SETTINGS, "subset_draw": "dattri", "seed_scheme": "offset", "target": "neg_loss"}
+    subsets.subsets_stage(root / "data.npz", MODEL, TRAIN, SEED, [0, 1, 2], settings, "cpu", tmp_path / "d0.npz")
+    subsets.subsets_stage(root / "data.npz", MODEL, TRAIN, SEED, [3, 4, 5], settings, "cpu", tmp_path / "d1.npz")
+    part = np.load(tmp_path / "d0.npz")
+    for row, j in enumerate(part["index"]):
+        picked = np.random.default_rng(3 + int(j)).choice(60, 30, replace=False)
+        assert np.flatnonzero(part["mask"][row]).tolist() == sorted(picked.tolist())
+        assert int(part["model_seed"][row]) == SEED + int(j)
+    masks, target, _ = lds.gather_subsets([tmp_path / "d0.npz", tmp_path / "d1.npz"], bundle, 6, settings, SEED)
+    logits = torch.as_tensor(np.concatenate([part["logits"], np.load(tmp_path / "d1.npz")["logits"]]), dtype=torch.float64)
+    y = bundle.test.y
+    expected = -torch.stack([torch.nn.functional.cross_entropy(z, y, reduction="none") for z in logits]).numpy()
+    np.testing.assert_allclose(target, expected, rtol=1e-12)
+    scores = np.random.default_rng(0).normal(size=(30, 60))
+    by_hand = spearmanr(masks.astype(float) @ scores[4], target[:, 4]).correlation
+    assert compute_lds(scores, masks, target).per_test[4] == pytest.approx(by_hand, abs=1e-12)
+    # a file of the other draw (or target computed from another scheme) is refused, naming it
+    with pytest.raises(InputError, match="d0.npz: subsets trained with"):
+        lds.gather_subsets([tmp_path / "d0.npz", tmp_path / "d1.npz"], bundle, 6, SETTINGS, SEED)
+    table = lds.lds_stage(lds.LdsJob("tiny3", root / "data.npz", root / "model.pt", SEED, settings=settings,
+                                     out_csv=tmp_path / "t.csv",
+                                     **{**paths, "subset_paths": [tmp_path / "d0.npz", tmp_path / "d1.npz"]}))
+    assert (table["target"] == "neg_loss").all() and table["lds"].between(-1, 1).all()
+
+
+def test_dattri_methods_through_the_stages(run, tmp_path):
+    """dattri's variants: TracIn over final networks of seeds s, s+1 (weight 1e-3), Grad-Dot on
+    projected loss gradients, TRAK-1/TRAK-2 on the stored LDS subset networks, no mislabel twin.
+    Projected Grad-Dot and seed-TracIn are checked against brute force (autograd, explicit R)."""
+    from ntkbench import models as zoo
+    from ntkbench.attribution import gradients
+    from ntkbench.kernels.projection import BlockProjector
+    from ntkbench.stages.attribution.subsets import read_subset_states
+    from ntkbench.attribution.retrain import train_with_checkpoints
+
+    root, bundle, _, _, paths = run
+    settings = {**SETTINGS, "gradient_proj_dim": 24, "tracin": {"scheme": "seeds", "models": 2, "weight": 1e-3},
+                "trak": {**SETTINGS["trak"], "ensemble": [1, 2], "ensemble_data": "subsets", "ridge": 0.0},
+                "mislabel": None, "store_weights": True}
+    chunks = [tmp_path / "s0.npz", tmp_path / "s1.npz"]
+    for g, path in enumerate(chunks):
+        subsets.subsets_stage(root / "data.npz", MODEL, TRAIN, SEED, [3 * g, 3 * g + 1, 3 * g + 2], settings, "cpu", path)
+    states = read_subset_states(chunks, 2)
+    net, _ = zoo.load_checkpoint(root / "model.pt")
+    assert sorted(states[0]) == sorted(net.state_dict())
+    scores.gradients_stage(root / "data.npz", root / "model.pt", MODEL, TRAIN, SEED, settings, "cpu",
+                           tmp_path / "grads.npz", subset_paths=chunks)
+    grads = np.load(tmp_path / "grads.npz")
+    assert grads["methods"].tolist() == ["tracin-seeds", "grad-dot", "grad-cos", "trak-1", "trak-2"]
+
+    # brute force: per-sample loss gradients by autograd, explicit R (24 x P), seed 0
+    layout = gradients.parameter_layout(net)
+    R = BlockProjector(24, "gaussian", 0, torch.device("cpu"), torch.float64).dense_matrix(layout).numpy()
+
+    def loss_grads(model, x, y):
+        rows = []
+        for xi, yi in zip(x, y):
+            model.zero_grad()
+            torch.nn.functional.cross_entropy(model(xi[None].double()), yi[None]).backward()
+            rows.append(torch.cat([p.grad.flatten() for p in model.parameters()]).numpy())
+        return np.stack(rows) @ R
+
+    def float64(model):
+        model = model.double().eval()
+        return model
+
+    m0 = float64(zoo.load_checkpoint(root / "model.pt")[0])
+    te, tr = bundle.test, bundle.train
+    expected = loss_grads(m0, te.x, te.y) @ loss_grads(m0, tr.x, tr.y).T
+    np.testing.assert_allclose(grads["scores_grad-dot"], expected, rtol=1e-3, atol=1e-6 * np.abs(expected).max())
+    # seed s + 1's network, trained with the train stage's recipe (that this reproduces model.pt
+    # for seed s is checked by the gradients stage itself)
+    m1 = float64(train_with_checkpoints(bundle, MODEL, TRAIN, SEED + 1, "cpu").model)
+    tracin = 1e-3 * sum(loss_grads(m, te.x, te.y) @ loss_grads(m, tr.x, tr.y).T for m in (m0, m1))
+    np.testing.assert_allclose(grads["scores_tracin-seeds"], tracin, rtol=1e-3, atol=1e-6 * np.abs(tracin).max())
+
+    table = lds.lds_stage(lds.LdsJob("tiny3", root / "data.npz", root / "model.pt", SEED, settings=settings,
+                                     out_csv=tmp_path / "t.csv",
+                                     **{**paths, "gradients_path": tmp_path / "grads.npz", "mislabel_path": None,
+                                        "subset_paths": chunks}))
+    assert set(table["method"]) >= {"tracin-seeds", "trak-1", "trak-2"}
+    assert table["auc"].isna().all() and (table["n_flipped"] == 0).all()
+    md = table_stage([tmp_path / "t.csv"], tmp_path / "a.csv", tmp_path / "a.md", tmp_path / "a.png")
+    text = (tmp_path / "a.md").read_text()
+    assert "TRAK-2" in text and "TracIn (seeds)" in text and "no noisy-label twin" in text
+    # TRAK on subset networks needs them stored
+    with pytest.raises(InputError, match="no stored subset networks"):
+        read_subset_states([root / "subsets0.npz"], 1)

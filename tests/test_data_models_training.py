@@ -105,3 +105,28 @@ def test_training_is_seeded_and_learns():
     assert runs[0][1]["test_acc"].iloc[-1] > 0.95  # 0 vs 1 digits is easy
     with pytest.raises(ValueError, match="train.optimizer"):
         TrainConfig(optimizer="lbfgs")
+
+
+def test_mlp_dropout_and_logistic_regression_shapes():
+    """dattri's MNIST models from the zoo's mlp: hidden=[] is one Linear (7850 parameters);
+    784-128-64-10 with dropout 0.1 has dattri's 109,386 parameters and Dropout after each
+    hidden ReLU; dropout 0 adds no module (parameter names unchanged)."""
+    from torch import nn
+
+    from ntkbench import models
+
+    lr = models.build({"name": "mlp", "input_shape": [1, 28, 28], "num_outputs": 10, "hidden": [],
+                       "parameterisation": "standard"})
+    assert sum(p.numel() for p in lr.parameters()) == 7850
+    net = models.build({"name": "mlp", "input_shape": [1, 28, 28], "num_outputs": 10, "hidden": [128, 64],
+                        "parameterisation": "standard", "dropout": 0.1})
+    assert sum(p.numel() for p in net.parameters()) == 109386
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    plain = models.build({"name": "mlp", "input_shape": [4], "num_outputs": 2, "hidden": [3]})
+    assert not any(isinstance(m, nn.Dropout) for m in plain.modules())
+    x = torch.randn(5, 1, 28, 28)
+    net.eval()
+    assert torch.equal(net(x), net(x))  # eval: dropout off
+    with pytest.raises(ValueError, match="dropout"):
+        models.build({"name": "mlp", "input_shape": [4], "num_outputs": 2, "dropout": 1.0})

@@ -270,3 +270,39 @@ def test_per_class_split_errors(tmp_path):
     # All ten classes when `classes` is not given: classes 3..9 have no images here.
     with pytest.raises(ValueError, match="class 3"):
         load_mnist(tmp_path, per_class_test=1)
+
+
+def test_first_n_split_and_mnist_meanstd(tmp_path):
+    """first_train/first_test keep the first images in file order (dattri's MNIST-10 benchmark:
+    the first 5000 / 500); meanstd uses MNIST's 0.1307 / 0.3081, recorded in meta."""
+    _write_class_blocks(tmp_path / "mnist")
+    bundle = load_dataset({"name": "mnist", "first_train": 5, "first_test": 2}, data_dir=tmp_path)
+    assert bundle.train.y.tolist() == [1, 0, 2, 1, 0] and bundle.test.y.tolist() == [0, 1]
+    np.testing.assert_allclose(bundle.train.x[:, 0, 0, 0].numpy() * 255.0, [0, 1, 2, 3, 4], atol=1e-4)
+    assert bundle.meta["first_train"] == 5 and bundle.meta["first_test"] == 2
+    # with classes: filtered first, then the first n of what is left (images 0, 1, 3 of classes 0/1)
+    two = load_dataset({"name": "mnist", "classes": [0, 1], "first_train": 3}, data_dir=tmp_path)
+    np.testing.assert_allclose(two.train.x[:, 0, 0, 0].numpy() * 255.0, [0, 1, 3], atol=1e-4)
+    norm = load_dataset({"name": "mnist", "first_train": 5, "first_test": 2, "normalize": "meanstd"},
+                        data_dir=tmp_path)
+    expected = (np.arange(5, dtype=np.float32) / np.float32(255) - np.float32(0.1307)) / np.float32(0.3081)
+    np.testing.assert_allclose(norm.train.x[:, 0, 0, 0].numpy(), expected, rtol=1e-6)
+    assert norm.meta["normalize"] == {"mode": "meanstd", "mean": [0.1307], "std": [0.3081]}
+    with pytest.raises(ValueError, match="first_train: asked for the first 9 images but only 8"):
+        load_mnist(tmp_path, first_train=9)
+    with pytest.raises(ValueError, match="max_test and first_test exclude each other"):
+        load_mnist(tmp_path, first_test=1, max_test=1)
+
+
+def test_schema_takes_first_n_for_image_files_only():
+    from ntkbench.config import ConfigError, validate_config
+    import yaml
+
+    with open("config.yaml") as fh:
+        cfg = yaml.safe_load(fh)
+    exp = cfg["experiments"]["digits2-mlp"]
+    exp["data"] = {"name": "mnist", "first_train": 50, "first_test": 10, "normalize": "meanstd"}
+    validate_config(cfg)
+    exp["data"] = {"name": "digits", "first_train": 50}
+    with pytest.raises(ConfigError, match="first_train"):
+        validate_config(cfg)

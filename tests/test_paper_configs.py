@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ntkbench.config import experiment_seeds, load_config, validate_config
+from ntkbench.config import ConfigError, experiment_seeds, load_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -127,3 +127,31 @@ def test_keys_of_another_data_set_are_refused_by_name(data, key):
 
     with pytest.raises(ConfigError, match=rf"experiments\.e\.data\.{key}: does not apply to this data set"):
         validate_config(_experiment(data))
+
+
+def test_dattri_benchmark_config_is_dattris_protocol(tmp_path):
+    """configs/dattri_mnist.yaml: dattri v0.3.0's MNIST-10 LDS benchmark settings, and its DAG
+    (10 subset jobs of 5 networks per model, no mislabel twin, TRAK on the subset networks)."""
+    cfg = validate_config(load_config(REPO / "configs" / "dattri_mnist.yaml"))
+    lr, mlp = cfg["experiments"]["mnist10-lr"], cfg["experiments"]["mnist10-mlp"]
+    for exp in (lr, mlp):
+        assert exp["data"] == {"name": "mnist", "first_train": 5000, "first_test": 500, "normalize": "meanstd"}
+    assert lr["model"]["hidden"] == [] and lr["train"]["batch_size"] == 32 and lr["train"]["epochs"] == 20
+    assert mlp["model"] == {"name": "mlp", "hidden": [128, 64], "parameterisation": "standard", "dropout": 0.1}
+    assert mlp["train"]["momentum"] == 0.9 and mlp["train"]["epochs"] == 50 and mlp["train"]["batch_size"] == 64
+    att = cfg["attribution"]
+    assert (att["num_subsets"], att["fraction"], att["subset_draw"], att["seed_scheme"], att["target"]) == \
+        (50, 0.5, "dattri", "offset", "neg_loss")
+    assert att["trak"]["ensemble"] == [1, 10, 50] and att["trak"]["proj_dim"] == 512 and att["trak"]["ridge"] == 0
+    assert att["gradient_proj_dim"] == 512 and att["tracin"] == {"scheme": "seeds", "models": 10, "weight": 1e-3}
+    counts = job_counts(dry_run(REPO / "configs" / "dattri_mnist.yaml", tmp_path))
+    assert counts["attribution_subsets"] == 10 and counts["attribution_gradients"] == 2
+    assert counts["attribution_lds"] == 2 and "attribution_mislabel" not in counts
+    assert counts["kernel"] == 11 and counts["kglm"] == 11 and counts["train"] == 2
+    # TRAK on more subset networks than there are, or beside a mislabel twin, is refused
+    bad = load_config(REPO / "configs" / "dattri_mnist.yaml")
+    bad["attribution"]["trak"]["ensemble"] = [1, 60]
+    bad["attribution"]["mislabel"] = {"fraction": 0.1}
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad)
+    assert "60 subset networks" in str(err.value) and "mislabel: null" in str(err.value)

@@ -253,10 +253,11 @@ def test_report_holds_every_table_and_figure_with_captions(finished_workdir):
     html = (finished_workdir / "results" / "report.html").read_text()
     for name in ("summary.csv", "summary_tau.png", "forensics.csv", "forensics_top_k.png", "attack.csv",
                  "tms_spectra.png", "tms_alignment.png", "grokking.png", "fourier_heatmaps.png",
-                 "kglm_attribution.png", "exemplars.png", "linear_realisation.png"):
+                 "kglm_attribution.png", "exemplars.png", "linear_realisation.png", "attribution.csv",
+                 "attribution.png"):
         assert name in html, name
     for caption in ("saturated points dropped", "flagged as poisoned", "cliffs detected",
-                    "sum over the training points"):
+                    "sum over the training points", "linear datamodeling score", "Does a more faithful surrogate"):
         assert caption in html, caption
     # Nothing is fetched when it opens: no external scripts, styles or images.
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"https?://", html)

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from numpy.typing import ArrayLike, NDArray
 
 from ntkbench.attribution import methods as M
@@ -38,7 +39,7 @@ from ntkbench.data import DataBundle
 NUM_CHECKPOINTS: int = schema_default("attribution", "num_checkpoints")
 
 __all__ = ["run_subset", "stack_subsets", "kernel_attributions", "stored_kglm_attributions", "checkpointed_run",
-           "gradient_attributions", "lds_table", "auc_table"]
+           "gradient_attributions", "seed_ensemble", "lds_table", "auc_table"]
 
 
 def run_subset(bundle: DataBundle, model_spec: dict[str, Any], train_cfg: dict[str, Any], index: int,
@@ -116,33 +117,64 @@ def checkpointed_run(bundle: DataBundle, model_spec: dict[str, Any], train_cfg: 
                                   default_checkpoint_epochs(epochs, num_checkpoints) if tracin else ())
 
 
+def seed_ensemble(bundle: DataBundle, model_spec: dict[str, Any], train_cfg: dict[str, Any], seed: int,
+                  count: int, weight: float, device: str | torch.device = "cpu", first: nn.Module | None = None
+                  ) -> list[tuple[dict[str, torch.Tensor], float]]:
+    """dattri's TracIn "checkpoints": the final weights of ``count`` full-data networks of
+    training seeds ``seed, seed + 1, ...`` (``first``, if given, is seed ``seed``'s, already
+    trained), each with the fixed ``weight``, as ``(state_dict, weight)`` pairs."""
+    states = []
+    for e in range(int(count)):
+        net = first if (e == 0 and first is not None) else train_with_checkpoints(
+            bundle, model_spec, train_cfg, seed + e, device).model
+        states.append(({k: v.detach().clone() for k, v in net.state_dict().items()}, float(weight)))
+    return states
+
+
 def gradient_attributions(bundle: DataBundle, model_spec: dict[str, Any], train_cfg: dict[str, Any], seed: int,
                           device: str | torch.device = "cpu", num_checkpoints: int = NUM_CHECKPOINTS,
                           methods: Sequence[str] = M.GRADIENT_METHODS, proj_dim: int = M.TRAK_PROJ_DIM,
                           proj_seed: int = M.TRAK_PROJ_SEED, proj_type: str = M.TRAK_PROJ_TYPE,
-                          ridge: float = M.TRAK_RIDGE, trak_ensemble: int = M.TRAK_ENSEMBLE,
+                          ridge: float = M.TRAK_RIDGE, trak_ensemble: int | Sequence[int] = M.TRAK_ENSEMBLE,
                           batch_size: int = M.BATCH_SIZE, self_influence: bool = True, scores: bool = True,
-                          run: TrainedRun | None = None
+                          run: TrainedRun | None = None, tracin_checkpoints: Sequence[Any] | None = None,
+                          trak_members: Sequence[Mapping[str, torch.Tensor]] | None = None,
+                          grad_proj_dim: int | None = None
                           ) -> tuple[dict[str, NDArray[np.float64]], dict[str, NDArray[np.float64]]]:
     """Scores (n_test, N) and self-influence (N,) of the loss-gradient methods for the model of
     training seed ``seed`` (either dict is empty when ``scores`` / ``self_influence`` is false).
+
     TracIn-CP uses ``num_checkpoints`` evenly spaced epoch ends (the last is the final model)
-    with the optimizer's learning rate at each; pass ``run`` (from :func:`checkpointed_run`)
-    to reuse a run already trained. A TRAK ensemble of ``trak_ensemble > 1`` adds models of
-    seeds ``seed + 1, ...`` (trained the same way)."""
+    with the optimizer's learning rate at each, unless ``tracin_checkpoints`` gives its
+    ``(state_dict, weight)`` pairs (e.g. :func:`seed_ensemble`); pass ``run`` (from
+    :func:`checkpointed_run`) to reuse a run already trained. TRAK's ensemble: an int k adds
+    full-data models of seeds ``seed + 1, ...`` up to k members (one ``"trak"`` entry); a list
+    of k gives ``"trak-k"`` entries over the first k of ``trak_members`` (state dicts, e.g. the
+    LDS subset networks as dattri's TRAK uses its half-data models) or of the seed ensemble.
+    ``grad_proj_dim`` projects the loss gradients of TracIn, Grad-Dot and Grad-Cos."""
     if run is None:
-        run = checkpointed_run(bundle, model_spec, train_cfg, seed, device, num_checkpoints, "tracin" in methods)
-    elif "tracin" in methods and not run.checkpoints:
+        run = checkpointed_run(bundle, model_spec, train_cfg, seed, device, num_checkpoints,
+                               "tracin" in methods and tracin_checkpoints is None)
+    elif "tracin" in methods and tracin_checkpoints is None and not run.checkpoints:
         raise ValueError("TracIn-CP needs a run with checkpoints")
-    extra = [train_with_checkpoints(bundle, model_spec, train_cfg, seed + e, device).model
-             for e in range(1, trak_ensemble)] if "trak" in methods else []
-    trak_models = [run.model, *extra]
+    ensembles = None if isinstance(trak_ensemble, (int, np.integer)) else [int(k) for k in trak_ensemble]
+    size = int(trak_ensemble) if ensembles is None else max(ensembles)
+    if "trak" not in methods:
+        trak_models: list[Any] = [run.model]
+    elif trak_members is not None:
+        if len(trak_members) < size:
+            raise ValueError(f"TRAK ensemble of {size} members, but {len(trak_members)} member networks given")
+        trak_models = list(trak_members[:size])
+    else:
+        trak_models = [run.model, *[train_with_checkpoints(bundle, model_spec, train_cfg, seed + e, device).model
+                                    for e in range(1, size)]]
     kw = dict(methods=methods, proj_dim=proj_dim, proj_seed=proj_seed, proj_type=proj_type, ridge=ridge,
               trak_models=trak_models, batch_size=batch_size, device=device,
-              loss=train_cfg.get("loss", "cross_entropy"))
+              loss=train_cfg.get("loss", "cross_entropy"), grad_proj_dim=grad_proj_dim, trak_ensembles=ensembles)
+    checkpoints = run.checkpoints if tracin_checkpoints is None else list(tracin_checkpoints)
     tr, te = bundle.train, bundle.test
-    out = M.gradient_method_scores(run.model, te.x, te.y, tr.x, tr.y, run.checkpoints, **kw) if scores else {}
-    selfinf = M.gradient_method_self_influence(run.model, tr.x, tr.y, run.checkpoints, **kw) if self_influence else {}
+    out = M.gradient_method_scores(run.model, te.x, te.y, tr.x, tr.y, checkpoints, **kw) if scores else {}
+    selfinf = M.gradient_method_self_influence(run.model, tr.x, tr.y, checkpoints, **kw) if self_influence else {}
     return out, selfinf
 
 

@@ -129,15 +129,17 @@ def project(G: torch.Tensor, layout: list[tuple[str, tuple[int, ...]]], proj_dim
 def projected_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, proj_dim: int, seed: int,
                     output: str = "margin", proj_type: str = "gaussian",
                     state_dict: Mapping[str, torch.Tensor] | None = None, batch_size: int = BATCH_SIZE,
-                    chunk: int = 2048, device: torch.device | str | None = None) -> torch.Tensor:
+                    chunk: int = 2048, device: torch.device | str | None = None,
+                    loss: str = "cross_entropy") -> torch.Tensor:
     """Projected per-sample gradients Φ, ``(n, proj_dim)``, float32.
 
     Gradients are projected ``chunk`` samples at a time (each call regenerates R's tiles, so
     large chunks amortise that), keeping at most ``chunk · P`` gradient values in memory.
+    ``loss`` is the training loss name used by ``output="loss"``.
     """
     layout = parameter_layout(model)
     feats, pending, count = [], [], 0
-    for _, g in iter_per_sample_grads(model, x, y, output, state_dict, batch_size, device):
+    for _, g in iter_per_sample_grads(model, x, y, output, state_dict, batch_size, device, loss=loss):
         pending.append(g)
         count += len(g)
         if count >= chunk:

@@ -290,61 +290,146 @@ def trak_self_influence(features: TrakFeatures | Sequence[TrakFeatures], ridge: 
 # ------------------------------------------------------------------------------ all at once
 def _trak_feature_list(model, trak_models, x_a, y_a, x_train, y_train, proj_dim, proj_seed, proj_type,
                        batch_size, device) -> list[TrakFeatures]:
+    """Features of every TRAK member: a module, or a state dict of ``model``'s architecture
+    (e.g. a subset network's); member e is projected with seed ``proj_seed + e``."""
     members = list(trak_models) if trak_models else [model]
-    return [trak_features(m, x_a, y_a, x_train, y_train, proj_dim, proj_seed + e, proj_type,
-                          batch_size=batch_size, device=device) for e, m in enumerate(members)]
+    out = []
+    for e, member in enumerate(members):
+        net, sd = (model, member) if isinstance(member, Mapping) else (member, None)
+        out.append(trak_features(net, x_a, y_a, x_train, y_train, proj_dim, proj_seed + e, proj_type, state_dict=sd,
+                                  batch_size=batch_size, device=device))
+    return out
+
+
+def _trak_names(trak_ensembles: Sequence[int] | None) -> list[tuple[str, int | None]]:
+    """(method name, members) of the TRAK rows: ``trak`` (every member) or ``trak-k`` per k."""
+    if not trak_ensembles:
+        return [("trak", None)]
+    return [(f"trak-{int(k)}", int(k)) for k in trak_ensembles]
+
+
+def _check_ensembles(trak_ensembles: Sequence[int] | None, trak_models: Sequence[Any]) -> None:
+    if trak_ensembles and max(trak_ensembles) > max(1, len(trak_models)):
+        raise ValueError(f"TRAK ensembles {list(trak_ensembles)} need {max(trak_ensembles)} members, "
+                         f"got {max(1, len(trak_models))}")
+
+
+def _projected_loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, grad_proj: tuple[int, int, str],
+                          state_dict: Mapping[str, torch.Tensor] | None, batch_size: int,
+                          device: torch.device | str | None, loss: str) -> torch.Tensor:
+    proj_dim, seed, proj_type = grad_proj
+    return projected_grads(model, x, y, proj_dim, seed, output="loss", proj_type=proj_type, state_dict=state_dict,
+                           batch_size=batch_size, device=device, loss=loss).double()
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor, normalise: bool = False) -> NDArray[np.float64]:
+    out = a @ b.T
+    if normalise:
+        out = out / a.norm(dim=1).clamp_min(_EPS)[:, None] / b.norm(dim=1).clamp_min(_EPS)[None, :]
+    return out.cpu().numpy()
 
 
 def gradient_method_scores(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor,
                            x_train: torch.Tensor, y_train: torch.Tensor, checkpoints: Sequence[Any] = (),
                            methods: Sequence[str] = GRADIENT_METHODS, proj_dim: int = TRAK_PROJ_DIM,
                            proj_seed: int = TRAK_PROJ_SEED, proj_type: str = TRAK_PROJ_TYPE, ridge: float = TRAK_RIDGE,
-                           trak_models: Sequence[nn.Module] = (), batch_size: int = BATCH_SIZE,
-                           device: torch.device | str | None = None, loss: str = "cross_entropy"
-                           ) -> dict[str, NDArray[np.float64]]:
+                           trak_models: Sequence[nn.Module | Mapping[str, torch.Tensor]] = (),
+                           batch_size: int = BATCH_SIZE, device: torch.device | str | None = None,
+                           loss: str = "cross_entropy", grad_proj_dim: int | None = None,
+                           trak_ensembles: Sequence[int] | None = None) -> dict[str, NDArray[np.float64]]:
     """Scores ``(n_test, n_train)`` of the loss-gradient ``methods`` (subset of
     :data:`GRADIENT_METHODS`) for the final ``model``; the final-weight training gradients are
-    computed once for Grad-Dot and Grad-Cos. ``trak_models`` (optional) is a TRAK ensemble
-    (member e projected with seed ``proj_seed + e``); default: ``model`` alone."""
+    computed once for Grad-Dot and Grad-Cos.
+
+    Args:
+        checkpoints: TracIn's ``(state_dict, weight)`` pairs or ``Checkpoint`` objects: the
+            checkpoints of one run with their learning rates (TracIn-CP), or final models of
+            several seeds with a fixed weight (dattri's TracIn).
+        trak_models: the TRAK ensemble, modules or state dicts of ``model``'s architecture
+            (member e projected with seed ``proj_seed + e``); default: ``model`` alone.
+        grad_proj_dim: None: TracIn, Grad-Dot and Grad-Cos on the full loss gradients; an int:
+            on loss gradients projected to that many dimensions (seed ``proj_seed``, as
+            dattri's benchmark does with 512).
+        trak_ensembles: None: one ``"trak"`` entry over every member; a list of k: entries
+            ``"trak-k"`` over the first k members each (dattri's TRAK-1/10/50).
+
+    Returns:
+        ``{method: (n_test, n_train) float64}`` in the order of ``methods`` (TRAK expanded).
+    """
     unknown = set(methods) - set(GRADIENT_METHODS)
     if unknown:
         raise ValueError(f"unknown gradient methods {sorted(unknown)}; choose from {GRADIENT_METHODS}")
+    _check_ensembles(trak_ensembles, trak_models)
+    grad_proj = (int(grad_proj_dim), int(proj_seed), proj_type) if grad_proj_dim else None
     out: dict[str, NDArray[np.float64]] = {}
     if "grad-dot" in methods or "grad-cos" in methods:
-        G = per_sample_grads(model, x_train, y_train, "loss", None, batch_size, device, loss=loss)
-        if "grad-dot" in methods:
-            out["grad-dot"] = _gram(model, x_test, y_test, G, None, batch_size, normalise=False, loss=loss)
-        if "grad-cos" in methods:
-            out["grad-cos"] = _gram(model, x_test, y_test, G, None, batch_size, normalise=True, loss=loss)
-        del G
+        if grad_proj:
+            Ptr = _projected_loss_grads(model, x_train, y_train, grad_proj, None, batch_size, device, loss)
+            Pte = _projected_loss_grads(model, x_test, y_test, grad_proj, None, batch_size, device, loss)
+            if "grad-dot" in methods:
+                out["grad-dot"] = _dot(Pte, Ptr)
+            if "grad-cos" in methods:
+                out["grad-cos"] = _dot(Pte, Ptr, normalise=True)
+        else:
+            G = per_sample_grads(model, x_train, y_train, "loss", None, batch_size, device, loss=loss)
+            if "grad-dot" in methods:
+                out["grad-dot"] = _gram(model, x_test, y_test, G, None, batch_size, normalise=False, loss=loss)
+            if "grad-cos" in methods:
+                out["grad-cos"] = _gram(model, x_test, y_test, G, None, batch_size, normalise=True, loss=loss)
+            del G
     if "tracin" in methods:
-        out["tracin"] = tracin_scores(model, checkpoints, x_test, y_test, x_train, y_train, batch_size, device, loss)
+        if grad_proj:
+            out["tracin"] = sum(lr * _dot(_projected_loss_grads(model, x_test, y_test, grad_proj, sd, batch_size, device, loss),
+                                          _projected_loss_grads(model, x_train, y_train, grad_proj, sd, batch_size, device,
+                                                                loss))
+                                for sd, lr in _checkpoint_pairs(checkpoints))
+        else:
+            out["tracin"] = tracin_scores(model, checkpoints, x_test, y_test, x_train, y_train, batch_size, device, loss)
+    names = [m for m in methods if m != "trak"]
     if "trak" in methods:
-        out["trak"] = trak_scores(_trak_feature_list(model, trak_models, x_test, y_test, x_train, y_train,
-                                                     proj_dim, proj_seed, proj_type, batch_size, device), ridge)
-    return {m: out[m] for m in methods}
+        feats = _trak_feature_list(model, trak_models, x_test, y_test, x_train, y_train, proj_dim, proj_seed, proj_type,
+                                   batch_size, device)
+        for name, k in _trak_names(trak_ensembles):
+            out[name] = trak_scores(feats if k is None else feats[:k], ridge)
+        names = [n for m in methods for n in ([x for x, _ in _trak_names(trak_ensembles)] if m == "trak" else [m])]
+    return {m: out[m] for m in names}
 
 
 def gradient_method_self_influence(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
                                    checkpoints: Sequence[Any] = (), methods: Sequence[str] = GRADIENT_METHODS,
                                    proj_dim: int = TRAK_PROJ_DIM, proj_seed: int = TRAK_PROJ_SEED,
                                    proj_type: str = TRAK_PROJ_TYPE,
-                                   ridge: float = TRAK_RIDGE, trak_models: Sequence[nn.Module] = (),
+                                   ridge: float = TRAK_RIDGE,
+                                   trak_models: Sequence[nn.Module | Mapping[str, torch.Tensor]] = (),
                                    batch_size: int = BATCH_SIZE, device: torch.device | str | None = None,
-                                   loss: str = "cross_entropy") -> dict[str, NDArray[np.float64]]:
-    """Self-influence τ(x_i, x_i) ``(n_train,)`` of the loss-gradient ``methods``."""
+                                   loss: str = "cross_entropy", grad_proj_dim: int | None = None,
+                                   trak_ensembles: Sequence[int] | None = None) -> dict[str, NDArray[np.float64]]:
+    """Self-influence τ(x_i, x_i) ``(n_train,)`` of the loss-gradient ``methods`` (arguments as
+    :func:`gradient_method_scores`)."""
+    _check_ensembles(trak_ensembles, trak_models)
+    grad_proj = (int(grad_proj_dim), int(proj_seed), proj_type) if grad_proj_dim else None
     out: dict[str, NDArray[np.float64]] = {}
     for m in methods:
         if m == "grad-dot":
-            out[m] = grad_self_influence(model, x_train, y_train, None, batch_size, device, loss)
+            if grad_proj:
+                P = _projected_loss_grads(model, x_train, y_train, grad_proj, None, batch_size, device, loss)
+                out[m] = (P ** 2).sum(1).cpu().numpy()
+            else:
+                out[m] = grad_self_influence(model, x_train, y_train, None, batch_size, device, loss)
         elif m == "grad-cos":
             out[m] = np.ones(len(x_train))
         elif m == "tracin":
-            out[m] = tracin_self_influence(model, checkpoints, x_train, y_train, batch_size, device, loss)
+            if grad_proj:
+                out[m] = sum(lr * (_projected_loss_grads(model, x_train, y_train, grad_proj, sd, batch_size, device,
+                                                         loss) ** 2).sum(1).cpu().numpy()
+                             for sd, lr in _checkpoint_pairs(checkpoints))
+            else:
+                out[m] = tracin_self_influence(model, checkpoints, x_train, y_train, batch_size, device, loss)
         elif m == "trak":
             feats = _trak_feature_list(model, trak_models, x_train[:0], y_train[:0], x_train, y_train,
                                        proj_dim, proj_seed, proj_type, batch_size, device)
-            out[m] = trak_self_influence(feats, ridge)
+            for name, k in _trak_names(trak_ensembles):
+                out[name] = trak_self_influence(feats if k is None else feats[:k], ridge)
         else:
             raise ValueError(f"unknown gradient method {m!r}; choose from {GRADIENT_METHODS}")
     return out

@@ -11,10 +11,12 @@ model and the same shuffling generator (the mini-batches still differ, since the
 The subset outputs ``f_j(x)`` then differ only through the data, which is the quantity LDS
 asks attributions to predict. With ``scheme="distinct"`` subset ``j`` uses its own seed
 ``SeedSequence([s, j, 1]).generate_state(1)[0]`` (a 32-bit integer), so initialisation noise
-is part of the ground truth, as in TRAK's LDS protocol.
+is part of the ground truth, as in TRAK's LDS protocol; with ``scheme="offset"`` it uses
+``s + j``, as dattri's LDS retraining does.
 
-Output recorded per subset model: the true-class margin of every test point
-(:func:`true_class_margin`).
+Outputs recorded per subset model: the test logits and the true-class margin of every test
+point (:func:`true_class_margin`); the LDS target (margin, or dattri's negated test loss) is
+taken from them (:func:`lds_target`).
 
 TracIn-CP needs intermediate checkpoints of a run: :func:`train_with_checkpoints` takes
 snapshots at chosen epoch ends through a PyTorch optimizer step hook, without touching the
@@ -42,6 +44,8 @@ from ntkbench.utils import resolve_device, seed_everything
 __all__ = [
     "SEED_SCHEMES",
     "true_class_margin",
+    "lds_target",
+    "LDS_TARGETS",
     "subset_bundle",
     "subset_model_seed",
     "build_model",
@@ -52,7 +56,7 @@ __all__ = [
     "retrain_subset",
 ]
 
-SEED_SCHEMES = ("same", "distinct")
+SEED_SCHEMES = ("same", "distinct", "offset")
 
 
 def true_class_margin(logits: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
@@ -77,6 +81,30 @@ def true_class_margin(logits: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
     others = z.copy()
     others[rows, labels] = -np.inf
     return z[rows, labels] - others.max(axis=1)
+
+
+#: The LDS target of a subset network on a test point: ``margin`` (true-class margin, SPEC §6)
+#: or ``neg_loss`` (the negated cross-entropy loss, dattri's ground truth).
+LDS_TARGETS = ("margin", "neg_loss")
+
+
+def lds_target(logits: ArrayLike, y: ArrayLike, target: str = "margin") -> NDArray[np.float64]:
+    """The LDS target of every test point, float64 ``(n,)``, from logits ``(n, C)`` (C = 1:
+    one binary logit) and labels ``(n,)``: the true-class margin, or the negated
+    cross-entropy loss (binary cross-entropy on the one logit for C = 1), computed in float64."""
+    if target == "margin":
+        return true_class_margin(logits, y)
+    if target != "neg_loss":
+        raise ValueError(f"LDS target must be one of {LDS_TARGETS}, got {target!r}")
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    labels = torch.as_tensor(np.asarray(y), dtype=torch.int64)
+    if z.ndim == 1:
+        z = z.unsqueeze(1)
+    if z.shape[1] == 1:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], labels.double(), reduction="none")
+    else:
+        loss = torch.nn.functional.cross_entropy(z, labels, reduction="none")
+    return (-loss).numpy()
 
 
 def subset_bundle(bundle: DataBundle, mask: ArrayLike) -> DataBundle:
@@ -107,9 +135,12 @@ def subset_bundle(bundle: DataBundle, mask: ArrayLike) -> DataBundle:
 def subset_model_seed(seed: int, index: int, scheme: str = "same") -> int:
     """Training seed of subset model ``index`` of an experiment whose training seed is ``seed``
     (see the module docstring): ``seed`` itself for ``"same"``, a 32-bit integer derived from
-    ``(seed, index)`` for ``"distinct"``."""
+    ``(seed, index)`` for ``"distinct"``, ``seed + index`` for ``"offset"`` (dattri's LDS
+    retraining with one run per subset)."""
     if scheme == "same":
         return int(seed)
+    if scheme == "offset":
+        return int(seed) + int(index)
     if scheme == "distinct":
         return int(np.random.SeedSequence([int(seed), int(index), 1]).generate_state(1)[0])
     raise ValueError(f"seed scheme must be one of {SEED_SCHEMES}, got {scheme!r}")
@@ -213,8 +244,8 @@ def train_with_checkpoints(bundle: DataBundle, model_spec: dict[str, Any], train
 
 
 def retrain_subset(bundle: DataBundle, mask: ArrayLike, model_spec: dict[str, Any],
-                   train_cfg: dict[str, Any], seed: int, device: str | torch.device = "cpu"
-                   ) -> dict[str, Any]:
+                   train_cfg: dict[str, Any], seed: int, device: str | torch.device = "cpu",
+                   keep_state: bool = False) -> dict[str, Any]:
     """Train one network on the subset ``mask`` and evaluate it on the full test split.
 
     ``seed`` is the subset model's training seed (see :func:`subset_model_seed`). Returns a
@@ -223,7 +254,8 @@ def retrain_subset(bundle: DataBundle, mask: ArrayLike, model_spec: dict[str, An
     - ``margins``: true-class margins on the test split, float64 ``(n_test,)``;
     - ``logits``: test logits, float32 ``(n_test, C)``;
     - ``train_acc`` (on the subset), ``test_acc``, ``seconds`` (training wall time), ``seed``,
-      ``subset_size``.
+      ``subset_size``;
+    - with ``keep_state``, ``state``: the trained network's state dict (CPU tensors).
     """
     sub = subset_bundle(bundle, mask)
     dev = resolve_device(device)
@@ -231,7 +263,9 @@ def retrain_subset(bundle: DataBundle, mask: ArrayLike, model_spec: dict[str, An
     test_logits = evaluate_logits(run.model, bundle.test.x, device=dev).numpy()
     train_logits = evaluate_logits(run.model, sub.train.x, device=dev).numpy()
     y_test = bundle.test.y.numpy()
+    extra = {"state": {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}} if keep_state else {}
     return {
+        **extra,
         "margins": true_class_margin(test_logits, y_test),
         "logits": test_logits,
         "train_acc": accuracy(train_logits, sub.train.y.numpy()),

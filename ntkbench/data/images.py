@@ -19,12 +19,12 @@ Accepted layouts under ``data_dir`` (first match wins):
   They are read through a restricted unpickler that can build nothing but numpy arrays (a
   pickle is code: a tampered batch file could otherwise run anything on load).
 
-``normalize`` (CIFAR-10 only, applied by :func:`ntkbench.data.load_dataset` after any poisoning,
-so a trigger colour is given on the [0, 1] pixel scale): ``unit`` keeps pixels / 255; ``meanstd``
-then subtracts the per-channel mean and divides by the per-channel std that the reference code
-of paper 001 used for ResNet18 on CIFAR-10 (pnnl/projection_ntk ``process_Cifar10``: the
-pretrained weights of Phan (2021) expect them). The constants are stored in the bundle's
-``meta["normalize"]`` so a figure can undo them.
+``normalize`` (applied by :func:`ntkbench.data.load_dataset` after any poisoning, so a trigger
+colour is given on the [0, 1] pixel scale): ``unit`` keeps pixels / 255; ``meanstd`` then
+subtracts the per-channel mean and divides by the per-channel std: for CIFAR-10 those the
+reference code of paper 001 used for ResNet18 (pnnl/projection_ntk ``process_Cifar10``: the
+pretrained weights of Phan (2021) expect them), for MNIST 0.1307 / 0.3081 (dattri's benchmark).
+The constants are stored in the bundle's ``meta["normalize"]`` so a figure can undo them.
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ from ntkbench.data import DataBundle, Split
 from ntkbench.utils import get_logger
 
 __all__ = ["read_idx", "load_mnist", "load_fmnist", "load_cifar10", "normalize_bundle",
-           "CIFAR10_MEAN", "CIFAR10_STD", "LOADERS"]
+           "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD", "FMNIST_MEAN", "FMNIST_STD", "MEANSTD",
+           "LOADERS"]
 
 _LOG = get_logger(__name__)
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -64,6 +65,13 @@ _CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 # scripts/resnet18/utils2.py ``process_Cifar10``; the constants of Phan's PyTorch_CIFAR10).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+# MNIST's and Fashion-MNIST's training-set mean and std on the [0, 1] scale: the constants of
+# torchvision's examples and of dattri's MNIST benchmark (transforms.Normalize((0.1307,), (0.3081,))).
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
+#: (mean, std) per channel that ``normalize: meanstd`` uses, by data set.
+MEANSTD = {"mnist": (MNIST_MEAN, MNIST_STD), "fmnist": (FMNIST_MEAN, FMNIST_STD),
+           "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -183,18 +191,27 @@ def _read_idx_file(data_dir: Path, dataset: str, stem: str) -> np.ndarray:
 
 
 def _select(x: np.ndarray, y: np.ndarray, classes: Sequence[int] | None, size: int | None,
-            per_class: int | None, rng: np.random.Generator, num_classes: int, split: str
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Keep ``classes`` (relabelled 0..k-1 in the order given), then either a random subset of
-    ``size`` or the first ``per_class`` images of every class in file order."""
+            per_class: int | None, rng: np.random.Generator, num_classes: int, split: str,
+            first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Keep ``classes`` (relabelled 0..k-1 in the order given), then one of: a random subset of
+    ``size``, the first ``per_class`` images of every class in file order, or the first
+    ``first`` images in file order."""
     if classes is not None:
         keep = np.isin(y, classes)
         remap = np.full(num_classes, -1, dtype=np.int64)
         remap[list(classes)] = np.arange(len(classes))
         x, y = x[keep], remap[y[keep]]
-    if size is not None and per_class is not None:
-        raise ValueError(f"data: max_{split} (a random subset) and per_class_{split} (the first "
-                         "images of each class) exclude each other; give one")
+    given = [key for key, value in ((f"max_{split}", size), (f"per_class_{split}", per_class),
+                                    (f"first_{split}", first)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"data: {' and '.join(given)} exclude each other (max_: a random subset; "
+                         "per_class_: the first images of each class; first_: the first images in "
+                         "file order); give one")
+    if first is not None:
+        if first > len(y):
+            raise ValueError(f"data.first_{split}: asked for the first {first} images but only {len(y)} "
+                             "are available")
+        x, y = x[:first], y[:first]
     if size is not None:
         if size > len(y):
             raise ValueError(f"data.max_{split}: asked for {size} images but only {len(y)} are available")
@@ -219,23 +236,27 @@ def _select(x: np.ndarray, y: np.ndarray, classes: Sequence[int] | None, size: i
 def _bundle(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
             classes: Sequence[int] | None, max_train: int | None, max_test: int | None,
             split_seed: int, num_classes: int, per_class_train: int | None = None,
-            per_class_test: int | None = None) -> DataBundle:
+            per_class_test: int | None = None, first_train: int | None = None,
+            first_test: int | None = None) -> DataBundle:
     if classes is not None:
         classes = [int(c) for c in classes]
         if len(set(classes)) != len(classes) or len(classes) < 2 or not set(classes) <= set(range(num_classes)):
             raise ValueError(f"data.classes: need at least two distinct classes in 0..{num_classes - 1}, "
                              f"got {classes}")
-    for key, value in (("per_class_train", per_class_train), ("per_class_test", per_class_test)):
+    for key, value in (("per_class_train", per_class_train), ("per_class_test", per_class_test),
+                       ("first_train", first_train), ("first_test", first_test)):
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
             raise ValueError(f"data.{key} must be a positive integer, got {value!r}")
     rng = np.random.default_rng(split_seed)
-    train_x, train_y = _select(*train, classes, max_train, per_class_train, rng, num_classes, "train")
-    test_x, test_y = _select(*test, classes, max_test, per_class_test, rng, num_classes, "test")
+    train_x, train_y = _select(*train, classes, max_train, per_class_train, rng, num_classes, "train", first_train)
+    test_x, test_y = _select(*test, classes, max_test, per_class_test, rng, num_classes, "test", first_test)
     to_float = lambda a: a.astype(np.float32) / 255.0  # noqa: E731 - uint8 pixels to [0, 1]
     meta = {"name": name, "classes": classes, "max_train": max_train, "max_test": max_test,
             "split_seed": split_seed, "n_train": len(train_y), "n_test": len(test_y)}
     if per_class_train is not None or per_class_test is not None:
         meta.update(per_class_train=per_class_train, per_class_test=per_class_test)
+    if first_train is not None or first_test is not None:
+        meta.update(first_train=first_train, first_test=first_test)
     return DataBundle(
         train=Split(to_float(train_x), train_y.astype(np.int64)),
         test=Split(to_float(test_x), test_y.astype(np.int64)),
@@ -249,12 +270,13 @@ def _reject_unknown(name: str, unknown: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(f"data: key(s) {sorted(unknown)} do not apply to {name!r} "
                          "(accepted: classes, max_train, max_test, per_class_train, per_class_test, "
-                         "split_seed)")
+                         "first_train, first_test, split_seed)")
 
 
 def _load_idx_dataset(dataset: str, data_dir: Path, classes: Sequence[int] | None,
                       max_train: int | None, max_test: int | None, split_seed: int,
-                      per_class_train: int | None, per_class_test: int | None) -> DataBundle:
+                      per_class_train: int | None, per_class_test: int | None,
+                      first_train: int | None = None, first_test: int | None = None) -> DataBundle:
     arrays = {key: _read_idx_file(Path(data_dir), dataset, stem) for key, stem in _IDX_FILES.items()}
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
@@ -264,12 +286,14 @@ def _load_idx_dataset(dataset: str, data_dir: Path, classes: Sequence[int] | Non
     return _bundle(dataset, (arrays["train_x"][:, None], arrays["train_y"].astype(np.int64)),
                    (arrays["test_x"][:, None], arrays["test_y"].astype(np.int64)),
                    classes, max_train, max_test, split_seed, num_classes=10,
-                   per_class_train=per_class_train, per_class_test=per_class_test)
+                   per_class_train=per_class_train, per_class_test=per_class_test,
+                   first_train=first_train, first_test=first_test)
 
 
 def load_mnist(data_dir: Path, classes: Sequence[int] | None = None, max_train: int | None = None,
                max_test: int | None = None, split_seed: int = 0, per_class_train: int | None = None,
-               per_class_test: int | None = None, **unknown: Any) -> DataBundle:
+               per_class_test: int | None = None, first_train: int | None = None,
+               first_test: int | None = None, **unknown: Any) -> DataBundle:
     """MNIST (N, 1, 28, 28), pixels / 255, with its standard 60k/10k split.
 
     ``classes`` restricts and relabels (e.g. [0, 1] = MNIST2); ``max_train``/``max_test`` keep
@@ -277,19 +301,22 @@ def load_mnist(data_dir: Path, classes: Sequence[int] | None = None, max_train: 
     ``per_class_train``/``per_class_test`` keep instead the first ``n`` images of every class
     in file order, grouped by class in the order of ``classes`` — the reference code's balanced
     MNIST2 split is ``classes=[0, 1], per_class_train=5000, per_class_test=980``.
+    ``first_train``/``first_test`` keep the first ``n`` images in file order (dattri's MNIST-10
+    benchmark: 5000 and 500).
     """
     _reject_unknown("mnist", unknown)
     return _load_idx_dataset("mnist", data_dir, classes, max_train, max_test, split_seed,
-                             per_class_train, per_class_test)
+                             per_class_train, per_class_test, first_train, first_test)
 
 
 def load_fmnist(data_dir: Path, classes: Sequence[int] | None = None, max_train: int | None = None,
                 max_test: int | None = None, split_seed: int = 0, per_class_train: int | None = None,
-                per_class_test: int | None = None, **unknown: Any) -> DataBundle:
+                per_class_test: int | None = None, first_train: int | None = None,
+                first_test: int | None = None, **unknown: Any) -> DataBundle:
     """Fashion-MNIST, same format and arguments as :func:`load_mnist`."""
     _reject_unknown("fmnist", unknown)
     return _load_idx_dataset("fmnist", data_dir, classes, max_train, max_test, split_seed,
-                             per_class_train, per_class_test)
+                             per_class_train, per_class_test, first_train, first_test)
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
@@ -390,11 +417,13 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_cifar10(data_dir: Path, classes: Sequence[int] | None = None, max_train: int | None = None,
                  max_test: int | None = None, split_seed: int = 0, per_class_train: int | None = None,
-                 per_class_test: int | None = None, **unknown: Any) -> DataBundle:
+                 per_class_test: int | None = None, first_train: int | None = None,
+                 first_test: int | None = None, **unknown: Any) -> DataBundle:
     """CIFAR-10 (N, 3, 32, 32) float32 RGB in [0, 1], 50000 train / 10000 test images.
 
     Reads ``data_dir/cifar-10-batches-py/{data_batch_1..5, test_batch}`` (or those files in
-    ``data_dir``). ``classes``, ``max_*`` and ``per_class_*`` select as for :func:`load_mnist`.
+    ``data_dir``). ``classes``, ``max_*``, ``per_class_*`` and ``first_*`` select as for
+    :func:`load_mnist`.
     Normalisation beyond / 255 (config ``normalize``) is applied by ``load_dataset``.
     """
     _reject_unknown("cifar10", unknown)
@@ -403,7 +432,8 @@ def load_cifar10(data_dir: Path, classes: Sequence[int] | None = None, max_train
     train = (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
     test = _read_cifar_batch(root / "test_batch")
     return _bundle("cifar10", train, test, classes, max_train, max_test, split_seed, num_classes=10,
-                   per_class_train=per_class_train, per_class_test=per_class_test)
+                   per_class_train=per_class_train, per_class_test=per_class_test,
+                   first_train=first_train, first_test=first_test)
 
 
 NORMALIZATIONS = ("unit", "meanstd")
@@ -413,24 +443,29 @@ def normalize_bundle(bundle: DataBundle, mode: str) -> DataBundle:
     """Per-channel normalisation of an image bundle whose pixels are on the [0, 1] scale.
 
     ``unit`` returns the bundle as it is; ``meanstd`` maps x -> (x - mean_c) / std_c with the
-    CIFAR-10 constants :data:`CIFAR10_MEAN` / :data:`CIFAR10_STD` on every split (train, test
-    and extra splits), and records them in ``meta["normalize"]`` so x can be mapped back.
+    data set's constants (:data:`MEANSTD`: CIFAR-10's of the reference code, MNIST's
+    0.1307 / 0.3081, Fashion-MNIST's 0.2860 / 0.3530) on every split (train, test and extra
+    splits), and records them in ``meta["normalize"]`` so x can be mapped back.
     """
     if mode not in NORMALIZATIONS:
         raise ValueError(f"data.normalize: {mode!r} is not one of {list(NORMALIZATIONS)}")
     if mode == "unit":
         return replace(bundle, meta={**bundle.meta, "normalize": {"mode": "unit"}})
+    name = bundle.meta.get("name")
+    if name not in MEANSTD:
+        raise ValueError(f"data.normalize: meanstd has constants for {sorted(MEANSTD)}, not {name!r}")
+    mean_c, std_c = MEANSTD[name]
     channels = bundle.input_shape[0] if bundle.input_shape else 0
-    if len(bundle.input_shape) != 3 or channels != len(CIFAR10_MEAN):
-        raise ValueError(f"data.normalize: meanstd needs (N, 3, H, W) images, got input shape "
-                         f"{bundle.input_shape}")
-    mean = torch.tensor(CIFAR10_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    if len(bundle.input_shape) != 3 or channels != len(mean_c):
+        raise ValueError(f"data.normalize: meanstd for {name} needs (N, {len(mean_c)}, H, W) images, got input "
+                         f"shape {bundle.input_shape}")
+    mean = torch.tensor(mean_c, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(std_c, dtype=torch.float32).view(1, -1, 1, 1)
     norm = lambda s: Split((s.x - mean) / std, s.y)  # noqa: E731
     return replace(bundle, train=norm(bundle.train), test=norm(bundle.test),
                    extra_splits={k: norm(s) for k, s in bundle.extra_splits.items()},
-                   meta={**bundle.meta, "normalize": {"mode": "meanstd", "mean": list(CIFAR10_MEAN),
-                                                      "std": list(CIFAR10_STD)}})
+                   meta={**bundle.meta, "normalize": {"mode": "meanstd", "mean": list(mean_c),
+                                                      "std": list(std_c)}})
 
 
 LOADERS: dict[str, Callable[..., DataBundle]] = {

@@ -38,20 +38,28 @@ def ntk_linear(fan_in: int, fan_out: int) -> nn.Sequential:
 
 @register("mlp")
 def mlp(input_shape: Sequence[int], num_outputs: int, hidden: Sequence[int] = (100, 100, 100),
-        parameterisation: str = "ntk") -> nn.Sequential:
+        parameterisation: str = "ntk", dropout: float = 0.0) -> nn.Sequential:
     """Fully connected ReLU network (paper 001, K.2.1): logits, no final activation.
 
     ``parameterisation="ntk"``: N(0,1) init, each layer's output divided by sqrt(fan-in);
-    ``"standard"``: PyTorch's default nn.Linear layers.
+    ``"standard"``: PyTorch's default nn.Linear layers. ``hidden=[]`` is logistic regression
+    (one Linear). ``dropout > 0`` adds ``nn.Dropout(dropout)`` after each hidden ReLU (dattri's
+    MNIST MLP: 784 → 128 → 64 → 10 with dropout 0.1); it is active in training only, and the
+    kernels and attributions see the network in eval mode. With ``dropout = 0`` no module is
+    added, so the parameter names do not move.
     """
     if parameterisation not in ("ntk", "standard"):
         raise ValueError(f"model.parameterisation must be 'ntk' or 'standard', got {parameterisation!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"model.dropout must lie in [0, 1), got {dropout!r}")
     widths = [math.prod(input_shape), *hidden, num_outputs]
     layers: list[nn.Module] = [nn.Flatten()]
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(ntk_linear(fan_in, fan_out) if parameterisation == "ntk" else nn.Linear(fan_in, fan_out))
         if i < len(widths) - 2:
             layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(float(dropout)))
     return nn.Sequential(*layers)
 
 

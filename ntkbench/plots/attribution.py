@@ -20,13 +20,14 @@ from ntkbench.plots import plt, save_figure
 
 __all__ = ["method_label", "plot_attribution_summary"]
 
-_FAMILY_NAMES = {"kglm": "kGLM", "kernel-sim": "similarity", "tracin": "TracIn-CP", "grad-dot": "Grad-Dot",
-                 "grad-cos": "Grad-Cos", "trak": "TRAK"}
+_FAMILY_NAMES = {"kglm": "kGLM", "kernel-sim": "similarity", "tracin": "TracIn-CP", "tracin-seeds": "TracIn (seeds)",
+                 "grad-dot": "Grad-Dot", "grad-cos": "Grad-Cos", "trak": "TRAK"}
 
 
 def method_label(method: str, kernel: str | float | None = None) -> str:
-    """Display name, e.g. ``kGLM · trntk`` or ``TRAK``."""
-    name = _FAMILY_NAMES.get(method, method)
+    """Display name, e.g. ``kGLM · trntk``, ``TRAK`` or ``TRAK-10`` (method ``trak-10``)."""
+    base, _, k = method.partition("-") if method.startswith("trak-") else (method, "", "")
+    name = _FAMILY_NAMES.get(base, base) + (f"-{k}" if k else "")
     return f"{name} · {kernel}" if isinstance(kernel, str) and kernel else name
 
 
@@ -87,7 +88,9 @@ def plot_attribution_summary(table: pd.DataFrame, path: str | Path, dpi: int = 1
     ax.grid(alpha=0.3)
     fig.suptitle("Data attribution benchmark: do attributions predict what retraining does?", fontsize=12)
     fig.tight_layout()
-    fig.text(0.01, -0.01, "LDS(x) = Spearman over subsets S_j of (true-class margin of a network retrained on S_j, "
+    targets = sorted(set(table["target"])) if "target" in table else ["margin"]
+    what = " / ".join({"margin": "true-class margin", "neg_loss": "negated loss"}.get(t, t) for t in targets)
+    fig.text(0.01, -0.01, f"LDS(x) = Spearman over subsets S_j of ({what} of a network retrained on S_j, "
              "Σ_{i∈S_j} τ(x, i)); bars: mean over test points, error bars: SEM. AUC: training points ranked by "
              "self-influence τ(x_i, x_i), highest first; AUC < 0.5 means mislabelled points score lowest.",
              fontsize=8, ha="left", va="top", wrap=True)

@@ -18,7 +18,7 @@ KERNEL_METHODS = ("kglm", "kernel-sim")
 #: Columns of the per-experiment tables and of ``results/attribution.csv``, in order.
 TABLE_COLUMNS = ["experiment", "method", "kernel", "lds", "lds_sem", "auc", "tau", "tau_true_class",
                  "lds_n_valid", "lds_n_test", "lds_n_subsets", "detection_area", "n_flipped", "seed",
-                 "fraction", "seed_scheme"]
+                 "fraction", "seed_scheme", "target"]
 
 
 def fingerprints(bundle: DataBundle) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from ntkbench import models, store
 from ntkbench.attribution.benchmark import stored_kglm_attributions
 from ntkbench.attribution.lds import compute_lds
 from ntkbench.attribution.mislabel import auc_rows
-from ntkbench.attribution.retrain import subset_model_seed
+from ntkbench.attribution.retrain import lds_target, subset_model_seed
 from ntkbench.attribution.subsets import subset_mask
 from ntkbench.data import DataBundle, load_bundle
 from ntkbench.stages.attribution.common import KERNEL_METHODS, TABLE_COLUMNS, check_fingerprints
@@ -31,26 +31,33 @@ __all__ = ["gather_subsets", "LdsJob", "lds_stage"]
 def gather_subsets(paths: Sequence[str | Path], bundle: DataBundle, num_subsets: int, settings: Mapping[str, Any],
                    seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """``(masks (M, N), outputs (M, n_test), info)`` from the subset jobs' files, subsets in
-    index order. Every file is checked: this data bundle, these settings, and each mask must be
-    the deterministic draw of its index (so a stale or foreign file is refused); indices must
-    be exactly ``0..M-1``."""
+    index order; ``outputs`` is the LDS target ``settings["target"]`` (true-class margin, or
+    negated test loss) of each subset network, from its stored test logits. Every file is
+    checked: this data bundle, these settings, and each mask must be the deterministic draw of
+    its index (so a stale or foreign file is refused); indices must be exactly ``0..M-1``."""
     n, n_test = len(bundle.train), len(bundle.test)
     parts = []
     for path in paths:
-        data = read_npz(path, ("index", "mask", "margins", "model_seed", "test_acc", "fraction", "subset_seed",
-                                "seed", "seed_scheme"))
+        data = read_npz(path, ("index", "mask", "margins", "logits", "model_seed", "test_acc", "fraction",
+                                "subset_seed", "seed", "seed_scheme"))
         check_fingerprints(path, data, bundle)
         expected = {"fraction": float(settings["fraction"]), "subset_seed": int(settings["subset_seed"]),
-                    "seed": int(seed), "seed_scheme": str(settings["seed_scheme"])}
+                    "subset_draw": str(settings["subset_draw"]), "seed": int(seed),
+                    "seed_scheme": str(settings["seed_scheme"])}
+        # files written before subset_draw existed hold ntkbench's draw
         found = {"fraction": float(data["fraction"]), "subset_seed": int(data["subset_seed"]),
-                 "seed": int(data["seed"]), "seed_scheme": str(data["seed_scheme"])}
+                 "subset_draw": str(data.get("subset_draw", "ntkbench")), "seed": int(data["seed"]),
+                 "seed_scheme": str(data["seed_scheme"])}
         if found != expected:
             raise InputError(f"{path}: subsets trained with {found}, expected {expected}")
-        if data["mask"].shape != (len(data["index"]), n) or data["margins"].shape != (len(data["index"]), n_test):
-            raise InputError(f"{path}: masks {data['mask'].shape} / margins {data['margins'].shape} do not fit "
-                             f"{len(data['index'])} subsets of {n} training and {n_test} test points")
+        if data["mask"].shape != (len(data["index"]), n) or data["margins"].shape != (len(data["index"]), n_test) \
+                or data["logits"].shape[:2] != (len(data["index"]), n_test):
+            raise InputError(f"{path}: masks {data['mask'].shape} / margins {data['margins'].shape} / logits "
+                             f"{data['logits'].shape} do not fit {len(data['index'])} subsets of {n} training and "
+                             f"{n_test} test points")
         for row, j in enumerate(data["index"]):
-            if not np.array_equal(data["mask"][row], subset_mask(n, expected["fraction"], expected["subset_seed"], int(j))):
+            if not np.array_equal(data["mask"][row], subset_mask(n, expected["fraction"], expected["subset_seed"], int(j),
+                                                                 expected["subset_draw"])):
                 raise InputError(f"{path}: the mask of subset {int(j)} is not its deterministic draw")
             if int(data["model_seed"][row]) != subset_model_seed(seed, int(j), expected["seed_scheme"]):
                 raise InputError(f"{path}: subset {int(j)} was trained with model seed {int(data['model_seed'][row])}")
@@ -61,10 +68,14 @@ def gather_subsets(paths: Sequence[str | Path], bundle: DataBundle, num_subsets:
                          f"expected 0..{num_subsets - 1}")
     order = np.argsort(index)
     masks = np.concatenate([p["mask"] for p in parts])[order]
-    outputs = np.concatenate([p["margins"] for p in parts])[order]
+    y_test = bundle.test.y.numpy()
+    if settings["target"] == "margin":  # as stored (bit for bit what the subset job computed)
+        outputs = np.concatenate([p["margins"] for p in parts])[order]
+    else:
+        outputs = np.stack([lds_target(z, y_test, settings["target"]) for p in parts for z in p["logits"]])[order]
     test_acc = np.concatenate([p["test_acc"] for p in parts])
     if not np.all(np.isfinite(outputs)):
-        raise InputError("a subset model produced non-finite margins (training diverged?)")
+        raise InputError(f"a subset model produced a non-finite LDS target ({settings['target']}; training diverged?)")
     info = {"subset_test_acc_mean": float(test_acc.mean()), "subset_test_acc_min": float(test_acc.min())}
     return masks.astype(bool), outputs.astype(np.float64), info
 
@@ -99,7 +110,8 @@ class LdsJob:
     kglm_npz_paths: Mapping[str, str | Path] = snakemake_field("input.kglm_fits", keyed_by="params.kernels")
     kglm_json_paths: Mapping[str, str | Path] = snakemake_field("input.kglm_reports", keyed_by="params.kernels")
     gradients_path: str | Path = snakemake_field("input.gradients")
-    mislabel_path: str | Path = snakemake_field("input.mislabel")
+    # None: no noisy-label twin (attribution.mislabel: null), no AUC
+    mislabel_path: str | Path | None = snakemake_field("input.mislabel", convert=lambda v: v or None)
     settings: Mapping[str, Any] = snakemake_field("params.settings")
     out_csv: str | Path = snakemake_field("output[0]")
 
@@ -121,9 +133,12 @@ def lds_stage(job: LdsJob) -> pd.DataFrame:
     check_fingerprints(job.gradients_path, grads, bundle)
     if str(grads.get("model_fingerprint")) != store.model_fingerprint(model):
         raise InputError(f"{job.gradients_path}: computed for another network than {job.model_path}")
-    mis = read_npz(job.mislabel_path, ("flipped",))
-    check_fingerprints(job.mislabel_path, mis, bundle)
-    flipped = mis["flipped"].astype(bool)
+    if job.mislabel_path is not None:
+        mis = read_npz(job.mislabel_path, ("flipped",))
+        check_fingerprints(job.mislabel_path, mis, bundle)
+        flipped = mis["flipped"].astype(bool)
+    else:
+        mis, flipped = None, None
 
     rows = []
     signed = bool(settings["signed_similarity"])
@@ -134,20 +149,22 @@ def lds_stage(job: LdsJob) -> pd.DataFrame:
             raise InputError(f"{job.kglm_json_paths[kind]}: the kGLM report of kernel {report['kernel']!r}, expected {kind!r}")
         for method in KERNEL_METHODS:
             key = f"selfinf_{method}__{kind}"
-            if key not in mis:
-                raise InputError(f"{job.mislabel_path}: no self-influence {key!r} (computed for other job.kernels?)")
+            if mis is not None and key not in mis:
+                raise InputError(f"{job.mislabel_path}: no self-influence {key!r} (computed for other kernels?)")
             tau = report["test"] if method == "kglm" else {}
-            rows.append(_row(job.experiment, method, kind, scores[method], masks, outputs, mis[key], flipped,
+            rows.append(_row(job.experiment, method, kind, scores[method], masks, outputs,
+                             None if mis is None else mis[key], flipped,
                              tau.get("tau", math.nan), tau.get("tau_true_class", math.nan)))
     for method in [str(m) for m in grads["methods"]]:
-        if f"selfinf_{method}" not in mis:
+        if mis is not None and f"selfinf_{method}" not in mis:
             raise InputError(f"{job.mislabel_path}: no self-influence of {method!r}")
-        rows.append(_row(job.experiment, method, "", grads[f"scores_{method}"], masks, outputs, mis[f"selfinf_{method}"],
-                         flipped, math.nan, math.nan))
+        rows.append(_row(job.experiment, method, "", grads[f"scores_{method}"], masks, outputs,
+                         None if mis is None else mis[f"selfinf_{method}"], flipped, math.nan, math.nan))
     table = pd.DataFrame(rows)
     table["seed"] = int(seed)
     table["fraction"] = float(settings["fraction"])
     table["seed_scheme"] = str(settings["seed_scheme"])
+    table["target"] = str(settings["target"])
     table = table[TABLE_COLUMNS]
     write_csv(table, job.out_csv)
     for row in table.itertuples():
@@ -157,11 +174,12 @@ def lds_stage(job: LdsJob) -> pd.DataFrame:
 
 
 def _row(experiment: str, method: str, kernel: str, scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray,
-         selfinf: np.ndarray, flipped: np.ndarray, tau: float, tau_true_class: float) -> dict[str, Any]:
+         selfinf: np.ndarray | None, flipped: np.ndarray | None, tau: float, tau_true_class: float) -> dict[str, Any]:
     if scores.shape != (outputs.shape[1], masks.shape[1]):
         raise InputError(f"{method} {kernel}: scores of shape {scores.shape}, expected {(outputs.shape[1], masks.shape[1])}")
     lds = compute_lds(scores, masks, outputs)
-    auc = auc_rows({method: selfinf}, flipped)[0]
+    auc = auc_rows({method: selfinf}, flipped)[0] if selfinf is not None else \
+        {"auc": math.nan, "detection_area": math.nan, "n_flipped": 0}
     return {"experiment": experiment, "method": method, "kernel": kernel, **lds.as_dict(), "auc": auc["auc"],
             "detection_area": auc["detection_area"], "n_flipped": auc["n_flipped"], "tau": float(tau),
             "tau_true_class": float(tau_true_class)}

@@ -17,6 +17,8 @@ from ntkbench.attribution.mislabel import auc_rows
 from ntkbench.data import DataBundle, load_bundle
 from ntkbench.data.label_noise import label_noise_bundle
 from ntkbench.stages.attribution.common import fingerprints
+from ntkbench.stages.attribution.lds import gather_subsets
+from ntkbench.stages.attribution.subsets import read_subset_states
 from ntkbench.stages.common import InputError
 from ntkbench.stages.kernels import engine_options
 from ntkbench.surrogate import KernelGLM
@@ -30,9 +32,32 @@ __all__ = ["gradients_stage", "mislabel_stage"]
 
 def _trak_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
     trak = settings["trak"]
+    ensemble = trak["ensemble"]
     return {"proj_dim": int(trak["proj_dim"]), "proj_seed": int(trak["proj_seed"]), "proj_type": trak["proj_type"],
-            "ridge": float(trak["ridge"]), "trak_ensemble": int(trak["ensemble"]),
-            "num_checkpoints": int(settings["num_checkpoints"]), "batch_size": int(settings["batch_size"])}
+            "ridge": float(trak["ridge"]),
+            "trak_ensemble": [int(k) for k in ensemble] if isinstance(ensemble, (list, tuple)) else int(ensemble),
+            "num_checkpoints": int(settings["num_checkpoints"]), "batch_size": int(settings["batch_size"]),
+            "grad_proj_dim": settings.get("gradient_proj_dim")}
+
+
+def _renamed(values: dict[str, np.ndarray], settings: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """TracIn over a seed ensemble is reported as ``tracin-seeds`` (TracIn-CP stays ``tracin``)."""
+    seeds = (settings.get("tracin") or {}).get("scheme") == "seeds"
+    return {("tracin-seeds" if seeds and m == "tracin" else m): v for m, v in values.items()}
+
+
+def _tracin_checkpoints(settings: Mapping[str, Any], bundle: DataBundle, model_spec: dict[str, Any],
+                        train_cfg: dict[str, Any], seed: int, run: Any, device: torch.device) -> list | None:
+    """TracIn's (state_dict, weight) pairs for ``tracin.scheme: seeds`` (the attributed network
+    and the networks of the next seeds), or None for TracIn-CP's own checkpoints."""
+    tracin = settings.get("tracin") or {"scheme": "checkpoints"}
+    if tracin["scheme"] == "checkpoints":
+        return None
+    pairs = benchmark.seed_ensemble(bundle, model_spec, train_cfg, seed, int(tracin["models"]), float(tracin["weight"]),
+                                    device, first=run.model)
+    log.info("TracIn over the final networks of seeds %d..%d, weight %g each", seed, seed + len(pairs) - 1,
+             float(tracin["weight"]))
+    return pairs
 
 
 def _check_reproduces(run_model: torch.nn.Module, model_path: str | Path, seed: int, device: torch.device) -> float:
@@ -56,20 +81,36 @@ def _check_reproduces(run_model: torch.nn.Module, model_path: str | Path, seed: 
 
 def gradients_stage(data_path: str | Path, model_path: str | Path, model_spec: dict[str, Any],
                     train_cfg: dict[str, Any], seed: int, settings: Mapping[str, Any], device: str,
-                    out_path: str | Path) -> None:
+                    out_path: str | Path, subset_paths: Sequence[str | Path] = ()) -> None:
     """Scores τ(x, i) (n_test, N) of TracIn-CP, Grad-Dot, Grad-Cos and TRAK for the network of
     training seed ``seed``, retrained with checkpoints and checked against ``model_path``.
     Stored as ``scores_<method>`` with ``methods``, ``checkpoint_epochs``, ``checkpoint_lr``,
-    ``max_weight_difference``, ``model_fingerprint`` and the data's fingerprints."""
+    ``max_weight_difference``, ``model_fingerprint`` and the data's fingerprints.
+
+    With ``trak.ensemble_data: subsets`` TRAK's members are the LDS subset networks, read from
+    ``subset_paths`` after the same checks the LDS stage makes (this data, these settings,
+    each subset its deterministic draw); ``tracin.scheme: seeds`` trains the networks of the
+    next seeds (see :func:`ntkbench.attribution.benchmark.seed_ensemble`)."""
     bundle = load_bundle(data_path)
     dev = resolve_device(device)
     kw = _trak_kwargs(settings)
-    run = benchmark.checkpointed_run(bundle, model_spec, train_cfg, seed, dev, kw["num_checkpoints"])
+    members = None
+    if settings["trak"].get("ensemble_data", "full") == "subsets":
+        ensemble = kw["trak_ensemble"]
+        count = max(ensemble) if isinstance(ensemble, list) else ensemble
+        gather_subsets(subset_paths, bundle, int(settings["num_subsets"]), settings, seed)
+        members = read_subset_states(subset_paths, count)
+        log.info("TRAK over the first %d LDS subset networks", count)
+    run = benchmark.checkpointed_run(bundle, model_spec, train_cfg, seed, dev, kw["num_checkpoints"],
+                                     (settings.get("tracin") or {}).get("scheme", "checkpoints") == "checkpoints")
     diff = _check_reproduces(run.model, model_path, seed, dev)
     log.info("retrained seed %d in %.1f s (max weight difference to %s: %.3g); checkpoints at epochs %s",
              seed, run.seconds, model_path, diff, [c.epoch for c in run.checkpoints])
+    tracin = _tracin_checkpoints(settings, bundle, model_spec, train_cfg, seed, run, dev)
     scores, _ = benchmark.gradient_attributions(bundle, model_spec, train_cfg, seed, dev, run=run,
-                                                self_influence=False, **kw)
+                                                self_influence=False, tracin_checkpoints=tracin, trak_members=members,
+                                                **kw)
+    scores = _renamed(scores, settings)
     for name, s in scores.items():
         if s.shape != (len(bundle.test), len(bundle.train)) or not np.all(np.isfinite(s)):
             raise FloatingPointError(f"{name}: scores of shape {s.shape} with non-finite values")
@@ -124,15 +165,18 @@ def mislabel_stage(data_path: str | Path, model_spec: dict[str, Any], train_cfg:
         raise ValueError(f"attribution.mislabel.fraction {noise['fraction']} flips {int(flipped.sum())} of "
                          f"{len(flipped)} labels; detection needs both flipped and clean points")
     kw = _trak_kwargs(settings)
-    run = benchmark.checkpointed_run(noisy, model_spec, train_cfg, seed, dev, kw["num_checkpoints"])
-    _, selfinf = benchmark.gradient_attributions(noisy, model_spec, train_cfg, seed, dev, run=run, scores=False, **kw)
+    run = benchmark.checkpointed_run(noisy, model_spec, train_cfg, seed, dev, kw["num_checkpoints"],
+                                     (settings.get("tracin") or {}).get("scheme", "checkpoints") == "checkpoints")
+    tracin = _tracin_checkpoints(settings, noisy, model_spec, train_cfg, seed, run, dev)
+    _, selfinf = benchmark.gradient_attributions(noisy, model_spec, train_cfg, seed, dev, run=run, scores=False,
+                                                 tracin_checkpoints=tracin, **kw)
     model = run.model
     train_logits = evaluate_logits(model, noisy.train.x, device=dev).numpy()
     test_logits = evaluate_logits(model, noisy.test.x, device=dev).numpy()
     y_noisy = noisy.train.y.numpy()
     y_fit = y_noisy if kglm_cfg.get("target", "labels") == "labels" else metrics.predicted_labels(train_logits)
     per_kernel, kernel_report = _self_influence_kernels(model, noisy, y_fit, kernels, kernel_options, kglm_cfg, dev)
-    arrays = {f"selfinf_{m}": v for m, v in selfinf.items()}
+    arrays = {f"selfinf_{m}": v for m, v in _renamed(selfinf, settings).items()}
     for kind, values in per_kernel.items():
         arrays.update({f"selfinf_{m}__{kind}": v for m, v in values.items()})
     for key, v in arrays.items():

@@ -38,11 +38,17 @@ def table_markdown(table: pd.DataFrame) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     settings = table.drop_duplicates("experiment").set_index("experiment")
     notes = [f"- {exp}: network of seed {int(r['seed'])}; LDS over M = {int(r['lds_n_subsets'])} subsets of "
-             f"fraction {r['fraction']:g} (model seeds: {r['seed_scheme']}), mean ± SEM over test points; AUC of "
-             f"self-influence for {int(r['n_flipped'])} flipped training labels (0.5 = chance)"
+             f"fraction {r['fraction']:g} (model seeds: {r['seed_scheme']}; target: {TARGET_NAMES[r['target']]}), "
+             f"mean ± SEM over test points; "
+             + (f"AUC of self-influence for {int(r['n_flipped'])} flipped training labels (0.5 = chance)"
+                if int(r["n_flipped"]) > 0 else "no noisy-label twin (attribution.mislabel: null), no AUC")
              for exp, r in settings.iterrows()]
     return ("\n".join(lines) + "\n\nτ_K, τ true: faithfulness of the kGLM whose attribution is scored (reference "
             "and true-class Kendall τ, test set).\n" + "\n".join(notes) + "\n")
+
+
+#: How the notes name each LDS target.
+TARGET_NAMES = {"margin": "true-class test margin", "neg_loss": "negated test loss"}
 
 
 def table_stage(paths: Sequence[str | Path], out_csv: str | Path, out_markdown: str | Path,
