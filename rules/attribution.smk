@@ -86,8 +86,10 @@ rule attribution_gradients:
         model=lambda w: EXPERIMENTS[w.experiment]["model"],
         train=lambda w: EXPERIMENTS[w.experiment]["train"],
         seed=lambda w: attribution_seed(w.experiment),
-        settings=attribution_settings("num_checkpoints", "batch_size", "trak", "tracin", "gradient_proj_dim", "num_subsets",
-                                      "fraction", "subset_seed", "subset_draw", "seed_scheme", "target"),
+        # train_threads: retrain the attributed network as the train job did (bit for bit)
+        settings=dict(attribution_settings("num_checkpoints", "batch_size", "trak", "tracin", "gradient_proj_dim",
+                                           "num_subsets", "fraction", "subset_seed", "subset_draw", "seed_scheme",
+                                           "target"), train_threads=stage_threads("train")),
         device=config["device"],
         code=script_code("attribution_gradients.py"),
     log:
@@ -117,7 +119,8 @@ rule attribution_mislabel:
         kernels=lambda w: attribution_kernels(w.experiment),
         kernel_options=lambda w: {k: options_for(k, config["kernel_options"]) for k in attribution_kernels(w.experiment)},
         kglm=lambda w: experiment_kglm(config, w.experiment),
-        settings=attribution_settings("num_checkpoints", "batch_size", "trak", "tracin", "gradient_proj_dim", "mislabel"),
+        settings=dict(attribution_settings("num_checkpoints", "batch_size", "trak", "tracin", "gradient_proj_dim",
+                                           "mislabel"), train_threads=stage_threads("train")),
         device=config["device"],
         code=script_code("attribution_mislabel.py"),
     log:
