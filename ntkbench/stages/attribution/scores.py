@@ -129,7 +129,8 @@ def gradients_stage(data_path: str | Path, model_path: str | Path, model_spec: d
     diff = _check_reproduces(run.model, model_path, seed, dev)
     log.info("retrained seed %d in %.1f s (max weight difference to %s: %.3g); checkpoints at epochs %s",
              seed, run.seconds, model_path, diff, [c.epoch for c in run.checkpoints])
-    tracin = _tracin_checkpoints(settings, bundle, model_spec, train_cfg, seed, run, dev)
+    with _as_trained(settings):  # the seed ensemble's networks as the train jobs would train them
+        tracin = _tracin_checkpoints(settings, bundle, model_spec, train_cfg, seed, run, dev)
     scores, _ = benchmark.gradient_attributions(bundle, model_spec, train_cfg, seed, dev, run=run,
                                                 self_influence=False, tracin_checkpoints=tracin, trak_members=members,
                                                 **kw)
@@ -191,7 +192,8 @@ def mislabel_stage(data_path: str | Path, model_spec: dict[str, Any], train_cfg:
     with _as_trained(settings):
         run = benchmark.checkpointed_run(noisy, model_spec, train_cfg, seed, dev, kw["num_checkpoints"],
                                          (settings.get("tracin") or {}).get("scheme", "checkpoints") == "checkpoints")
-    tracin = _tracin_checkpoints(settings, noisy, model_spec, train_cfg, seed, run, dev)
+    with _as_trained(settings):
+        tracin = _tracin_checkpoints(settings, noisy, model_spec, train_cfg, seed, run, dev)
     _, selfinf = benchmark.gradient_attributions(noisy, model_spec, train_cfg, seed, dev, run=run, scores=False,
                                                  tracin_checkpoints=tracin, **kw)
     model = run.model
