@@ -385,14 +385,14 @@ def gradient_method_scores(model: nn.Module, x_test: torch.Tensor, y_test: torch
                                 for sd, lr in _checkpoint_pairs(checkpoints))
         else:
             out["tracin"] = tracin_scores(model, checkpoints, x_test, y_test, x_train, y_train, batch_size, device, loss)
-    names = [m for m in methods if m != "trak"]
+    trak_rows = _trak_names(trak_ensembles)
     if "trak" in methods:
         feats = _trak_feature_list(model, trak_models, x_test, y_test, x_train, y_train, proj_dim, proj_seed, proj_type,
                                    batch_size, device)
-        for name, k in _trak_names(trak_ensembles):
+        for name, k in trak_rows:
             out[name] = trak_scores(feats if k is None else feats[:k], ridge)
-        names = [n for m in methods for n in ([x for x, _ in _trak_names(trak_ensembles)] if m == "trak" else [m])]
-    return {m: out[m] for m in names}
+    # in the order of ``methods``, "trak" expanded into its rows
+    return {n: out[n] for m in methods for n in ([name for name, _ in trak_rows] if m == "trak" else [m])}
 
 
 def gradient_method_self_influence(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,

@@ -50,9 +50,14 @@ def _as_trained(settings: Mapping[str, Any]) -> contextlib.AbstractContextManage
     return thread_budget(int(threads)) if threads else contextlib.nullcontext()
 
 
+def _tracin_scheme(settings: Mapping[str, Any]) -> str:
+    """``tracin.scheme``: ``checkpoints`` (TracIn-CP, also when the block is absent) or ``seeds``."""
+    return (settings.get("tracin") or {}).get("scheme", "checkpoints")
+
+
 def _renamed(values: dict[str, np.ndarray], settings: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """TracIn over a seed ensemble is reported as ``tracin-seeds`` (TracIn-CP stays ``tracin``)."""
-    seeds = (settings.get("tracin") or {}).get("scheme") == "seeds"
+    seeds = _tracin_scheme(settings) == "seeds"
     return {("tracin-seeds" if seeds and m == "tracin" else m): v for m, v in values.items()}
 
 
@@ -60,9 +65,9 @@ def _tracin_checkpoints(settings: Mapping[str, Any], bundle: DataBundle, model_s
                         train_cfg: dict[str, Any], seed: int, run: Any, device: torch.device) -> list | None:
     """TracIn's (state_dict, weight) pairs for ``tracin.scheme: seeds`` (the attributed network
     and the networks of the next seeds), or None for TracIn-CP's own checkpoints."""
-    tracin = settings.get("tracin") or {"scheme": "checkpoints"}
-    if tracin["scheme"] == "checkpoints":
+    if _tracin_scheme(settings) == "checkpoints":
         return None
+    tracin = settings["tracin"]
     pairs = benchmark.seed_ensemble(bundle, model_spec, train_cfg, seed, int(tracin["models"]), float(tracin["weight"]),
                                     device, first=run.model)
     log.info("TracIn over the final networks of seeds %d..%d, weight %g each", seed, seed + len(pairs) - 1,
@@ -97,7 +102,7 @@ def _check_reproduces(run_model: torch.nn.Module, model_path: str | Path, seed: 
             raise RuntimeError(message + ": more than float32 rounding explains, so the training recipe changed")
         log.warning("%s: float32 rounding (%s); the scores use model.pt's weights", message,
                     "nondeterministic kernels on " + str(device) if device.type != "cpu" else "GEMM summation order")
-        run_model.load_state_dict({k: v.to(next(iter(run_model.state_dict().values())).device) for k, v in ref.items()})
+        run_model.load_state_dict(ref)  # copies into the model's own tensors, on its device
     return diff
 
 
@@ -125,7 +130,7 @@ def gradients_stage(data_path: str | Path, model_path: str | Path, model_spec: d
         log.info("TRAK over the first %d LDS subset networks", count)
     with _as_trained(settings):
         run = benchmark.checkpointed_run(bundle, model_spec, train_cfg, seed, dev, kw["num_checkpoints"],
-                                         (settings.get("tracin") or {}).get("scheme", "checkpoints") == "checkpoints")
+                                         _tracin_scheme(settings) == "checkpoints")
     diff = _check_reproduces(run.model, model_path, seed, dev)
     log.info("retrained seed %d in %.1f s (max weight difference to %s: %.3g); checkpoints at epochs %s",
              seed, run.seconds, model_path, diff, [c.epoch for c in run.checkpoints])
@@ -191,7 +196,7 @@ def mislabel_stage(data_path: str | Path, model_spec: dict[str, Any], train_cfg:
     kw = _trak_kwargs(settings)
     with _as_trained(settings):
         run = benchmark.checkpointed_run(noisy, model_spec, train_cfg, seed, dev, kw["num_checkpoints"],
-                                         (settings.get("tracin") or {}).get("scheme", "checkpoints") == "checkpoints")
+                                         _tracin_scheme(settings) == "checkpoints")
     with _as_trained(settings):
         tracin = _tracin_checkpoints(settings, noisy, model_spec, train_cfg, seed, run, dev)
     _, selfinf = benchmark.gradient_attributions(noisy, model_spec, train_cfg, seed, dev, run=run, scores=False,
