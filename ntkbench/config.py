@@ -297,6 +297,7 @@ def _cross_checks(cfg: dict[str, Any]) -> list[str]:
         problems += _modadd_tf_checks(spectral["modadd_tf"])
     problems += _analysis_checks(cfg)
     problems += _attribution_checks(cfg)
+    problems += _leaderboard_checks(cfg)
     kopts = cfg.get("kernel_options") or {}
     if kopts.get("tile_size") is not None and kopts["tile_size"] % kopts["block_size"]:
         problems.append(f"kernel_options.tile_size: {kopts['tile_size']} must be a multiple of kernel_options.block_size "
@@ -408,6 +409,25 @@ def _attribution_checks(cfg: dict[str, Any]) -> list[str]:
         if block.get("mislabel") is not None:
             problems.append("attribution.trak.ensemble_data: subsets has no noisy-label twin of the subset networks; "
                             "set attribution.mislabel: null (no mislabel AUC) or ensemble_data: full")
+    for exp in block.get("published") or {}:
+        if exp not in (block.get("experiments") or []):
+            problems.append(f"attribution.published: {exp!r} is not one of attribution.experiments "
+                            f"({block.get('experiments')})")
+    return problems
+
+
+def _leaderboard_checks(cfg: dict[str, Any]) -> list[str]:
+    """The leaderboard's experiments exist, and each poisoned twin has a forensics block."""
+    experiments = cfg.get("experiments") or {}
+    problems = []
+    for name, spec in ((cfg.get("leaderboard") or {}).get("architectures") or {}).items():
+        for role in ("experiment", "badnet"):
+            exp = spec.get(role)
+            if exp is not None and exp not in experiments:
+                problems.append(f"leaderboard.architectures.{name}.{role}: {exp!r} is not an experiment")
+            elif role == "badnet" and exp is not None and "forensics" not in experiments[exp]:
+                problems.append(f"leaderboard.architectures.{name}.badnet: {exp!r} has no forensics block "
+                                "(a poisoned twin needs data.poison and forensics)")
     return problems
 
 

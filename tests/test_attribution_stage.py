@@ -11,7 +11,7 @@ from ntkbench.attribution.subsets import draw_subsets
 from ntkbench.data import load_bundle, load_dataset, save_bundle
 from ntkbench.data.label_noise import flip_labels
 from ntkbench.kinds import options_for
-from ntkbench.stages.attribution import common, lds, scores, subsets
+from ntkbench.stages.attribution import common, ground_truth, lds, scores, subsets
 from ntkbench.stages.attribution.table import table_stage
 from ntkbench.stages.common import InputError
 from ntkbench.stages.kernels import kernel_stage
@@ -51,7 +51,9 @@ def run(tmp_path_factory):
     scores.gradients_stage(root / "data.npz", root / "model.pt", MODEL, TRAIN, SEED, SETTINGS, "cpu", root / "grads.npz")
     report = scores.mislabel_stage(root / "data.npz", MODEL, TRAIN, SEED, KERNELS, opts, KGLM, SETTINGS, "cpu",
                               root / "mislabel.npz", root / "mislabel.json")
-    paths = dict(subset_paths=chunks, kernels=KERNELS, kernel_paths={k: root / f"{k}.h5" for k in KERNELS},
+    ground_truth.ground_truth_stage(root / "data.npz", chunks, MODEL, TRAIN, SEED, SETTINGS, root / "truth.npz")
+    paths = dict(model_spec=MODEL, train_cfg=TRAIN, ground_truth_path=root / "truth.npz", influence_path=None,
+                 kernels=KERNELS, kernel_paths={k: root / f"{k}.h5" for k in KERNELS},
                  kernel_options=opts, kglm_npz_paths={k: root / f"{k}.npz" for k in KERNELS},
                  kglm_json_paths={k: root / f"{k}.json" for k in KERNELS}, gradients_path=root / "grads.npz",
                  mislabel_path=root / "mislabel.npz")
@@ -136,21 +138,57 @@ def test_table_stage_joins_experiments(run, tmp_path):
                       tmp_path / "b.png")
 
 
-def test_lds_stage_refuses_foreign_or_incomplete_subsets(run, tmp_path):
+def test_ground_truth_refuses_foreign_or_incomplete_subsets(run, tmp_path):
     root, _, _, _, paths = run
+    chunks = [root / "subsets0.npz", root / "subsets1.npz"]
     with pytest.raises(InputError, match="expected 0..5"):
-        lds.lds_stage(lds.LdsJob("tiny3", root / "data.npz", root / "model.pt", SEED, settings=SETTINGS, out_csv=tmp_path / "x.csv",
-                    **{**paths, "subset_paths": paths["subset_paths"][:1]}))
-    with pytest.raises(InputError, match="trained with"):
-        lds.lds_stage(lds.LdsJob("tiny3", root / "data.npz", root / "model.pt", SEED, settings={**SETTINGS, "subset_seed": 4},
-                    out_csv=tmp_path / "x.csv", **paths))
+        ground_truth.ground_truth_stage(root / "data.npz", chunks[:1], MODEL, TRAIN, SEED, SETTINGS, tmp_path / "t.npz")
+    with pytest.raises(InputError, match="subsets0.npz: subsets trained with"):
+        ground_truth.ground_truth_stage(root / "data.npz", chunks, MODEL, TRAIN, SEED, {**SETTINGS, "subset_seed": 4},
+                                        tmp_path / "t.npz")
     # a subset file of other data
     other = load_bundle(root / "data.npz")
     other.train.y[0] = (other.train.y[0] + 1) % 3
     save_bundle(other, tmp_path / "other.npz")
     with pytest.raises(InputError, match="other data"):
-        lds.lds_stage(lds.LdsJob("tiny3", tmp_path / "other.npz", root / "model.pt", SEED, settings=SETTINGS,
-                    out_csv=tmp_path / "x.csv", **paths))
+        ground_truth.ground_truth_stage(tmp_path / "other.npz", chunks, MODEL, TRAIN, SEED, SETTINGS, tmp_path / "t.npz")
+    assert not (tmp_path / "t.npz").exists()
+
+
+def test_lds_stage_refuses_a_ground_truth_of_another_model_or_subset_list(run, tmp_path):
+    """The ground truth is a product of its own: the LDS stage (and anyone loading it) refuses
+    one of another network recipe, subset list or data, naming the file."""
+    from ntkbench.attribution.ground_truth import GroundTruth, ProvenanceError
+
+    root, bundle, table, _, paths = run
+    truth_path = root / "truth.npz"
+    job = dict(experiment="tiny3", data_path=root / "data.npz", model_path=root / "model.pt", seed=SEED,
+               out_csv=tmp_path / "x.csv")
+    with pytest.raises(InputError, match=r"truth.npz: a ground truth of model .*expected .*'hidden': \[32\]"):
+        lds.lds_stage(lds.LdsJob(settings=SETTINGS, **job, **{**paths, "model_spec": {**MODEL, "hidden": [32]}}))
+    with pytest.raises(InputError, match="truth.npz: a ground truth of train"):
+        lds.lds_stage(lds.LdsJob(settings=SETTINGS, **job, **{**paths, "train_cfg": {**TRAIN, "epochs": 21}}))
+    with pytest.raises(InputError, match="truth.npz: a ground truth of subsets.subset_seed = 3, expected 4"):
+        lds.lds_stage(lds.LdsJob(settings={**SETTINGS, "subset_seed": 4}, **job, **paths))
+    other = load_bundle(root / "data.npz")
+    other.train.y[0] = (other.train.y[0] + 1) % 3
+    save_bundle(other, tmp_path / "other.npz")
+    with pytest.raises(InputError, match="truth.npz: a ground truth of data"):
+        lds.lds_stage(lds.LdsJob(settings=SETTINGS, **{**job, "data_path": tmp_path / "other.npz"}, **paths))
+    # the library API: the stored subset list, and scoring without retraining
+    truth = GroundTruth.load(truth_path, model=MODEL, subset_list=draw_subsets(60, 6, 0.5, seed=3))
+    with pytest.raises(ProvenanceError, match="truth.npz: a ground truth of another subset list"):
+        GroundTruth.load(truth_path, subset_list=draw_subsets(60, 6, 0.5, seed=4))
+    grads = np.load(root / "grads.npz")
+    row = table[table["method"] == "grad-dot"].iloc[0]
+    assert truth.lds(grads["scores_grad-dot"], "margin").mean == pytest.approx(row["lds"], abs=1e-15)
+    # a damaged provenance: its masks no longer match the subset list it records
+    arrays = dict(np.load(truth_path))
+    arrays["masks"] = arrays["masks"].copy()
+    arrays["masks"][0, :2] = ~arrays["masks"][0, :2]
+    np.savez(tmp_path / "edited.npz", **arrays)
+    with pytest.raises(ProvenanceError, match="edited.npz: its masks do not match"):
+        GroundTruth.load(tmp_path / "edited.npz")
 
 
 def test_config_attribution_block_defaults_and_label_noise():
@@ -187,7 +225,9 @@ def test_dattri_draw_offset_seeds_and_negated_loss_target(run, tmp_path):
         picked = np.random.default_rng(3 + int(j)).choice(60, 30, replace=False)
         assert np.flatnonzero(part["mask"][row]).tolist() == sorted(picked.tolist())
         assert int(part["model_seed"][row]) == SEED + int(j)
-    masks, target, _ = lds.gather_subsets([tmp_path / "d0.npz", tmp_path / "d1.npz"], bundle, 6, settings, SEED)
+    truth = ground_truth.ground_truth_stage(root / "data.npz", [tmp_path / "d0.npz", tmp_path / "d1.npz"], MODEL, TRAIN,
+                                            SEED, settings, tmp_path / "truth.npz")
+    masks, target = truth.masks, truth.outputs("neg_loss")
     logits = torch.as_tensor(np.concatenate([part["logits"], np.load(tmp_path / "d1.npz")["logits"]]), dtype=torch.float64)
     y = bundle.test.y
     expected = -torch.stack([torch.nn.functional.cross_entropy(z, y, reduction="none") for z in logits]).numpy()
@@ -197,10 +237,10 @@ def test_dattri_draw_offset_seeds_and_negated_loss_target(run, tmp_path):
     assert compute_lds(scores, masks, target).per_test[4] == pytest.approx(by_hand, abs=1e-12)
     # a file of the other draw (or target computed from another scheme) is refused, naming it
     with pytest.raises(InputError, match="d0.npz: subsets trained with"):
-        lds.gather_subsets([tmp_path / "d0.npz", tmp_path / "d1.npz"], bundle, 6, SETTINGS, SEED)
+        ground_truth.read_subsets([tmp_path / "d0.npz", tmp_path / "d1.npz"], bundle, 6, SETTINGS, SEED)
     table = lds.lds_stage(lds.LdsJob("tiny3", root / "data.npz", root / "model.pt", SEED, settings=settings,
                                      out_csv=tmp_path / "t.csv",
-                                     **{**paths, "subset_paths": [tmp_path / "d0.npz", tmp_path / "d1.npz"]}))
+                                     **{**paths, "ground_truth_path": tmp_path / "truth.npz"}))
     assert (table["target"] == "neg_loss").all() and table["lds"].between(-1, 1).all()
 
 
@@ -228,6 +268,16 @@ def test_dattri_methods_through_the_stages(run, tmp_path):
                            tmp_path / "grads.npz", subset_paths=chunks)
     grads = np.load(tmp_path / "grads.npz")
     assert grads["methods"].tolist() == ["tracin-seeds", "grad-dot", "grad-cos", "trak-1", "trak-2"]
+    # the workflow trains TracIn's next-seed networks as ordinary train jobs: same scores
+    train_stage(root / "data.npz", MODEL, TRAIN, SEED + 1, "cpu", tmp_path / "m1.pt", tmp_path / "l1.npz",
+                tmp_path / "h1.csv")
+    scores.gradients_stage(root / "data.npz", root / "model.pt", MODEL, TRAIN, SEED, settings, "cpu",
+                           tmp_path / "grads_jobs.npz", subset_paths=chunks, tracin_model_paths=[tmp_path / "m1.pt"])
+    np.testing.assert_array_equal(np.load(tmp_path / "grads_jobs.npz")["scores_tracin-seeds"],
+                                  grads["scores_tracin-seeds"])
+    with pytest.raises(InputError, match="model.pt: a network of training seed 1, expected 2"):
+        scores.gradients_stage(root / "data.npz", root / "model.pt", MODEL, TRAIN, SEED, settings, "cpu",
+                               tmp_path / "x.npz", subset_paths=chunks, tracin_model_paths=[root / "model.pt"])
 
     # brute force: per-sample loss gradients by autograd, explicit R (24 x P), seed 0
     layout = gradients.parameter_layout(net)
@@ -255,15 +305,45 @@ def test_dattri_methods_through_the_stages(run, tmp_path):
     tracin = 1e-3 * sum(loss_grads(m, te.x, te.y) @ loss_grads(m, tr.x, tr.y).T for m in (m0, m1))
     np.testing.assert_allclose(grads["scores_tracin-seeds"], tracin, rtol=1e-3, atol=1e-6 * np.abs(tracin).max())
 
+    ground_truth.ground_truth_stage(root / "data.npz", chunks, MODEL, TRAIN, SEED, settings, tmp_path / "truth.npz")
     table = lds.lds_stage(lds.LdsJob("tiny3", root / "data.npz", root / "model.pt", SEED, settings=settings,
                                      out_csv=tmp_path / "t.csv",
                                      **{**paths, "gradients_path": tmp_path / "grads.npz", "mislabel_path": None,
-                                        "subset_paths": chunks}))
+                                        "ground_truth_path": tmp_path / "truth.npz"}))
     assert set(table["method"]) >= {"tracin-seeds", "trak-1", "trak-2"}
     assert table["auc"].isna().all() and (table["n_flipped"] == 0).all()
-    md = table_stage([tmp_path / "t.csv"], tmp_path / "a.csv", tmp_path / "a.md", tmp_path / "a.png")
+    table_stage([tmp_path / "t.csv"], tmp_path / "a.csv", tmp_path / "a.md", tmp_path / "a.png")
     text = (tmp_path / "a.md").read_text()
     assert "TRAK-2" in text and "TracIn (seeds)" in text and "no noisy-label twin" in text
     # TRAK on subset networks needs them stored
     with pytest.raises(InputError, match="no stored subset networks"):
         read_subset_states([root / "subsets0.npz"], 1)
+
+
+def test_influence_stage_rows_and_skip(run, tmp_path):
+    """The influence stage's scores become rows ``if@<λ>`` of the LDS table, each the LDS of
+    the stored scores against the ground truth; a network over ``max_params`` is skipped with
+    its reason, and the table has no influence rows."""
+    from ntkbench.attribution.ground_truth import GroundTruth
+    from ntkbench.stages.attribution.influence import influence_stage
+
+    root, _, _, _, paths = run
+    settings = {**SETTINGS, "influence": {"damping": [0.1, 1.0], "max_params": 20000}}
+    assert influence_stage(root / "data.npz", root / "model.pt", SEED, settings, "cpu", tmp_path / "if.npz") \
+        == ["if@0.1", "if@1"]
+    table = lds.lds_stage(lds.LdsJob("tiny3", root / "data.npz", root / "model.pt", SEED, settings=settings,
+                                     out_csv=tmp_path / "t.csv", **{**paths, "influence_path": tmp_path / "if.npz"}))
+    rows = table[table["method"].str.startswith("if@")].set_index("method")
+    truth = GroundTruth.load(root / "truth.npz")
+    stored = np.load(tmp_path / "if.npz")
+    for method in ("if@0.1", "if@1"):
+        assert rows.loc[method, "lds"] == pytest.approx(truth.lds(stored[f"scores_{method}"]).mean, abs=1e-15)
+        assert np.isnan(rows.loc[method, "auc"])
+    with pytest.raises(InputError, match="seed 1, expected 2"):
+        influence_stage(root / "data.npz", root / "model.pt", SEED + 1, settings, "cpu", tmp_path / "x.npz")
+    small = {**settings, "influence": {"damping": [0.1], "max_params": 10}}
+    assert influence_stage(root / "data.npz", root / "model.pt", SEED, small, "cpu", tmp_path / "skip.npz") == []
+    assert "max_params = 10" in str(np.load(tmp_path / "skip.npz")["skipped"])
+    table = lds.lds_stage(lds.LdsJob("tiny3", root / "data.npz", root / "model.pt", SEED, settings=settings,
+                                     out_csv=tmp_path / "t2.csv", **{**paths, "influence_path": tmp_path / "skip.npz"}))
+    assert not table["method"].str.startswith("if@").any()

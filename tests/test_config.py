@@ -95,6 +95,8 @@ def test_schema_ships_inside_the_package():
     (lambda c: c["attribution"].update(experiments=["digits2-mlp", "nope"]),
      "attribution.experiments: 'nope' is not an experiment"),
     (lambda c: c["attribution"].update(seed=99), "attribution.seed: 99 is not a training seed of 'digits2-mlp'"),
+    (lambda c: c["attribution"].update(published={"mnist10-lr": {"trak-1": 0.41}}),
+     "attribution.published: 'mnist10-lr' is not one of attribution.experiments"),
 ])
 def test_attribution_cross_checks_name_the_key(default_config, edit, expected):
     """Checked at validation, beside the other cross-checks (not only when the rules load)."""

@@ -19,7 +19,7 @@ RANKS = {
     "training": 3,
     "kernels": 4,
     "surrogate": 5, "forensics": 5, "spectral": 5, "attribution": 5, "analysis": 5,
-    "tables": 6, "plots": 6,
+    "tables": 6, "plots": 6, "leaderboard": 6,
     "stages": 7,
 }
 

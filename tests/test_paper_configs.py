@@ -82,6 +82,7 @@ def test_table2_dry_run_without_data(tmp_path):
     assert counts["prepare_data"] == 2 and counts["train"] == 5
     assert counts["kernel_gather"] == 30 and counts["kglm"] == 30 and counts["summary"] == 1
     assert "forensics" not in counts and "kernel" not in counts   # tiled: no whole-kernel jobs
+    assert counts["leaderboard"] == 1   # the same leaderboard rules as the MNIST zoo's
     assert "checkpoint jobs" in text
     if HAS_SLURM_PLUGIN:
         resources = rule_resources(text, "train")
@@ -147,7 +148,11 @@ def test_dattri_benchmark_config_is_dattris_protocol(tmp_path):
     counts = job_counts(dry_run(REPO / "configs" / "dattri_mnist.yaml", tmp_path))
     assert counts["attribution_subsets"] == 10 and counts["attribution_gradients"] == 2
     assert counts["attribution_lds"] == 2 and "attribution_mislabel" not in counts
-    assert counts["kernel"] == 11 and counts["kglm"] == 11 and counts["train"] == 2
+    assert counts["attribution_ground_truth"] == 2 and counts["attribution_influence"] == 2
+    assert att["influence"]["damping"] == [1.0, 0.1, 0.01, 0.005, 0.001, 1e-4, 1e-5]  # dattri's IF grid
+    assert att["published"]["mnist10-lr"]["trak-50"] == 0.68 and att["published"]["mnist10-mlp"]["if"] == 0.26
+    assert counts["kernel"] == 11 and counts["kglm"] == 11
+    assert counts["train"] == 2 * 10   # the attributed network and TracIn's 9 next seeds, per model
     # TRAK on more subset networks than there are, or beside a mislabel twin, is refused
     bad = load_config(REPO / "configs" / "dattri_mnist.yaml")
     bad["attribution"]["trak"]["ensemble"] = [1, 60]
@@ -155,3 +160,22 @@ def test_dattri_benchmark_config_is_dattris_protocol(tmp_path):
     with pytest.raises(ConfigError) as err:
         validate_config(bad)
     assert "60 subset networks" in str(err.value) and "mislabel: null" in str(err.value)
+
+
+def test_zoo_config_plans_six_architectures_with_twins(tmp_path):
+    """configs/zoo_mnist.yaml: six architectures on one MNIST training set, each with a BadNet
+    twin, three seeds, every kernel with a kGLM (no em for LR), LDS on 16 subsets each."""
+    cfg = validate_config(load_config(REPO / "configs" / "zoo_mnist.yaml"))
+    archs = cfg["leaderboard"]["architectures"]
+    assert list(archs) == ["LR", "MLP", "CNN", "ResNet", "MobileNetV2", "ViT"]
+    models = {cfg["experiments"][a["experiment"]]["model"]["name"] for a in archs.values()}
+    assert models == {"mlp", "cnn", "resnet18", "mobilenetv2", "vit"}
+    for spec in archs.values():
+        clean, twin = cfg["experiments"][spec["experiment"]], cfg["experiments"][spec["badnet"]]
+        assert twin["model"] == clean["model"] and twin["train"] == clean["train"] and "poison" in twin["data"]
+        assert {k: v for k, v in twin["data"].items() if k != "poison"} == clean["data"]
+    assert cfg["attribution"]["num_subsets"] == 16 and cfg["attribution"]["experiments"] == [
+        a["experiment"] for a in archs.values()]
+    counts = job_counts(dry_run(REPO / "configs" / "zoo_mnist.yaml", tmp_path))
+    assert counts["train"] == 36 and counts["forensics"] == 6 and counts["leaderboard"] == 1
+    assert counts["kernel"] == counts["kglm"] == 2 * 3 * (6 + 5 * 7)   # clean + twin, 3 seeds, LR has no em

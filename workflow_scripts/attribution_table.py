@@ -5,4 +5,4 @@ from ntkbench.utils import setup_logging
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 setup_logging(sm.log[0], threads=sm.threads)
-table_stage(list(sm.input), sm.output.csv, sm.output.markdown, sm.output.figure)
+table_stage(list(sm.input), sm.output.csv, sm.output.markdown, sm.output.figure, published=sm.params.published)

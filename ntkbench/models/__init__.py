@@ -90,4 +90,4 @@ def _import_zoo() -> None:
     # Importing the modules runs their @register decorators. Static imports, so that code
     # fingerprints (ntkbench.provenance) see every model module.
     from ntkbench.models import classifiers, modmlp, reference, shan_cnn, tms, transformer  # noqa: F401
-    from ntkbench.models import huggingface, mobilenet, resnet, text_encoder  # noqa: F401
+    from ntkbench.models import huggingface, mobilenet, resnet, text_encoder, vit  # noqa: F401

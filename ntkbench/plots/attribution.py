@@ -12,29 +12,43 @@ Input: a table with one row per (experiment, method[, kernel]) and columns
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 from ntkbench.plots import plt, save_figure
 
-__all__ = ["method_label", "plot_attribution_summary"]
+__all__ = ["method_label", "published_value", "plot_attribution_summary"]
 
 _FAMILY_NAMES = {"kglm": "kGLM", "kernel-sim": "similarity", "tracin": "TracIn-CP", "tracin-seeds": "TracIn (seeds)",
                  "grad-dot": "Grad-Dot", "grad-cos": "Grad-Cos", "trak": "TRAK"}
 
 
 def method_label(method: str, kernel: str | float | None = None) -> str:
-    """Display name, e.g. ``kGLM · trntk``, ``TRAK`` or ``TRAK-10`` (method ``trak-10``)."""
+    """Display name, e.g. ``kGLM · trntk``, ``TRAK``, ``TRAK-10`` (method ``trak-10``) or
+    ``IF λ=0.01`` (method ``if@0.01``, the influence function with that damping)."""
+    if method.startswith("if@"):
+        return f"IF λ={method[3:]}"
     base, _, k = method.partition("-") if method.startswith("trak-") else (method, "", "")
     name = _FAMILY_NAMES.get(base, base) + (f"-{k}" if k else "")
     return f"{name} · {kernel}" if isinstance(kernel, str) and kernel else name
 
 
-def plot_attribution_summary(table: pd.DataFrame, path: str | Path, dpi: int = 150) -> None:
+def published_value(published: Mapping[str, Mapping[str, float]] | None, experiment: str, method: str) -> float:
+    """The published LDS of ``method`` on ``experiment`` (NaN if none); the key ``if`` stands for
+    every influence-function row ``if@<damping>``."""
+    ref = (published or {}).get(experiment, {})
+    key = "if" if method.startswith("if@") and method not in ref else method
+    return float(ref.get(key, np.nan))
+
+
+def plot_attribution_summary(table: pd.DataFrame, path: str | Path, dpi: int = 150,
+                             published: Mapping[str, Mapping[str, float]] | None = None) -> None:
     """Three panels, written atomically to ``path``:
-    (a) LDS ± SEM per method (rows) and experiment (colours);
-    (b) mislabel-detection AUC per method (0.5 = chance);
+    (a) LDS ± SEM per method (rows) and experiment (colours), with the ``published`` value of
+    a method on an experiment (``{experiment: {method: LDS}}``) marked as a black diamond;
+    (b) mislabel-detection AUC per method (0.5 = chance), left out when no row has one;
     (c) LDS against Kendall τ_K for the kGLM attribution of each kernel — does the most
     faithful surrogate also predict retraining best?"""
     df = table.copy()
@@ -46,20 +60,33 @@ def plot_attribution_summary(table: pd.DataFrame, path: str | Path, dpi: int = 1
     experiments = list(dict.fromkeys(df["experiment"]))
     colours = plt.cm.tab10(np.arange(len(experiments)) % 10)
     height = max(4.0, 0.32 * len(labels) * max(1, len(experiments)) ** 0.5 + 1.5)
-    fig, axes = plt.subplots(1, 3, figsize=(16, height), gridspec_kw={"width_ratios": [1.2, 1.0, 1.1]})
+    with_auc = bool(np.isfinite(df["auc"].to_numpy(dtype=float)).any())
+    panels = [("lds", "(a) LDS: Spearman ρ over retrained subsets\n(mean over test points ± SEM)")]
+    if with_auc:
+        panels.append(("auc", "(b) Mislabel detection by self-influence\n(ROC AUC; 0.5 = chance)"))
+    ratios = [1.2, 1.0, 1.1] if with_auc else [1.3, 1.1]
+    fig, axes = plt.subplots(1, len(ratios), figsize=(5.4 * len(ratios), height), gridspec_kw={"width_ratios": ratios})
     ypos = np.arange(len(labels))
     bar = 0.8 / max(len(experiments), 1)
-    for panel, (ax, metric, title) in enumerate([
-            (axes[0], "lds", "(a) LDS: Spearman ρ over retrained subsets\n(mean over test points ± SEM)"),
-            (axes[1], "auc", "(b) Mislabel detection by self-influence\n(ROC AUC; 0.5 = chance)")]):
+    marked = False
+    for panel, (metric, title) in enumerate(panels):
+        ax = axes[panel]
         for e, exp in enumerate(experiments):
             sub = df[df["experiment"] == exp].set_index("label").reindex(labels)
             values = sub[metric].to_numpy(dtype=float)
             if not np.isfinite(values).any():
                 continue
+            offset = ypos + (e - (len(experiments) - 1) / 2) * bar
             err = sub[f"{metric}_sem"].to_numpy(dtype=float) if f"{metric}_sem" in sub else None
-            ax.barh(ypos + (e - (len(experiments) - 1) / 2) * bar, values, bar, color=colours[e],
-                    xerr=None if err is None else np.nan_to_num(err), capsize=2, label=exp)
+            ax.barh(offset, values, bar, color=colours[e], xerr=None if err is None else np.nan_to_num(err),
+                    capsize=2, label=exp)
+            if metric == "lds" and published:
+                ref = np.array([published_value(published, exp, str(m)) if isinstance(m, str) else np.nan
+                                for m in sub["method"]])
+                if np.isfinite(ref).any():
+                    ax.scatter(ref, offset, marker="D", s=22, color="black", zorder=3,
+                               label=None if marked else "published (Deng et al. 2024)")
+                    marked = True
         ax.set_yticks(ypos, labels if panel == 0 else [""] * len(labels))
         ax.invert_yaxis()
         ax.axvline(0.5 if metric == "auc" else 0.0, color="black", linewidth=0.8,
@@ -67,10 +94,11 @@ def plot_attribution_summary(table: pd.DataFrame, path: str | Path, dpi: int = 1
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_xlabel("LDS (higher = attributions predict retraining better)")
-    axes[1].set_xlabel("AUC (higher = mislabelled points rank first)")
-    axes[1].set_xlim(0.0, 1.0)
-    axes[0].legend(fontsize=8, loc="lower right")
-    ax = axes[2]
+    if with_auc:
+        axes[1].set_xlabel("AUC (higher = mislabelled points rank first)")
+        axes[1].set_xlim(0.0, 1.0)
+    axes[0].legend(fontsize=8, loc="center right")  # the short kernel-method bars leave that corner free
+    ax = axes[-1]
     kg = df[(df["method"] == "kglm") & np.isfinite(df.get("tau", pd.Series(np.nan, index=df.index)).astype(float))]
     for e, exp in enumerate(experiments):
         sub = kg[kg["experiment"] == exp]
@@ -84,14 +112,17 @@ def plot_attribution_summary(table: pd.DataFrame, path: str | Path, dpi: int = 1
         ax.text(0.5, 0.5, "no kGLM rows with τ", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("faithfulness τ$_K$ of the kGLM (NN vs kGLM, test set)")
     ax.set_ylabel("LDS of its attribution")
-    ax.set_title("(c) Faithful surrogate ⇒ good counterfactual predictions?", fontsize=10)
+    ax.set_title(f"({'c' if with_auc else 'b'}) Faithful surrogate ⇒ good counterfactual predictions?", fontsize=10)
     ax.grid(alpha=0.3)
     fig.suptitle("Data attribution benchmark: do attributions predict what retraining does?", fontsize=12)
     fig.tight_layout()
     targets = sorted(set(table["target"])) if "target" in table else ["margin"]
     what = " / ".join({"margin": "true-class margin", "neg_loss": "negated loss"}.get(t, t) for t in targets)
     fig.text(0.01, -0.01, f"LDS(x) = Spearman over subsets S_j of ({what} of a network retrained on S_j, "
-             "Σ_{i∈S_j} τ(x, i)); bars: mean over test points, error bars: SEM. AUC: training points ranked by "
-             "self-influence τ(x_i, x_i), highest first; AUC < 0.5 means mislabelled points score lowest.",
+             "Σ_{i∈S_j} τ(x, i)); bars: mean over test points, error bars: SEM."
+             + (" AUC: training points ranked by self-influence τ(x_i, x_i), highest first; AUC < 0.5 means "
+                "mislabelled points score lowest." if with_auc else "")
+             + (" Diamonds: the published LDS of the same method and model (its authors' ground truth and networks)."
+                if marked else ""),
              fontsize=8, ha="left", va="top", wrap=True)
     save_figure(fig, path, dpi=dpi)

@@ -14,10 +14,9 @@ from ntkbench import models, store
 from ntkbench.attribution.benchmark import stored_kglm_attributions
 from ntkbench.attribution.lds import compute_lds
 from ntkbench.attribution.mislabel import auc_rows
-from ntkbench.attribution.retrain import lds_target, subset_model_seed
-from ntkbench.attribution.subsets import subset_mask
 from ntkbench.data import DataBundle, load_bundle
 from ntkbench.stages.attribution.common import KERNEL_METHODS, TABLE_COLUMNS, check_fingerprints
+from ntkbench.stages.attribution.ground_truth import load_ground_truth
 from ntkbench.stages.common import InputError, read_json, read_npz, snakemake_field, write_csv
 from ntkbench.stages.kernels import check_kernel_file
 from ntkbench.stages.surrogates import read_kglm_fit
@@ -25,59 +24,7 @@ from ntkbench.utils import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["gather_subsets", "LdsJob", "lds_stage"]
-
-
-def gather_subsets(paths: Sequence[str | Path], bundle: DataBundle, num_subsets: int, settings: Mapping[str, Any],
-                   seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """``(masks (M, N), outputs (M, n_test), info)`` from the subset jobs' files, subsets in
-    index order; ``outputs`` is the LDS target ``settings["target"]`` (true-class margin, or
-    negated test loss) of each subset network, from its stored test logits. Every file is
-    checked: this data bundle, these settings, and each mask must be the deterministic draw of
-    its index (so a stale or foreign file is refused); indices must be exactly ``0..M-1``."""
-    n, n_test = len(bundle.train), len(bundle.test)
-    parts = []
-    for path in paths:
-        data = read_npz(path, ("index", "mask", "margins", "logits", "model_seed", "test_acc", "fraction",
-                                "subset_seed", "seed", "seed_scheme"))
-        check_fingerprints(path, data, bundle)
-        expected = {"fraction": float(settings["fraction"]), "subset_seed": int(settings["subset_seed"]),
-                    "subset_draw": str(settings["subset_draw"]), "seed": int(seed),
-                    "seed_scheme": str(settings["seed_scheme"])}
-        # files written before subset_draw existed hold ntkbench's draw
-        found = {"fraction": float(data["fraction"]), "subset_seed": int(data["subset_seed"]),
-                 "subset_draw": str(data.get("subset_draw", "ntkbench")), "seed": int(data["seed"]),
-                 "seed_scheme": str(data["seed_scheme"])}
-        if found != expected:
-            raise InputError(f"{path}: subsets trained with {found}, expected {expected}")
-        if data["mask"].shape != (len(data["index"]), n) or data["margins"].shape != (len(data["index"]), n_test) \
-                or data["logits"].shape[:2] != (len(data["index"]), n_test):
-            raise InputError(f"{path}: masks {data['mask'].shape} / margins {data['margins'].shape} / logits "
-                             f"{data['logits'].shape} do not fit {len(data['index'])} subsets of {n} training and "
-                             f"{n_test} test points")
-        for row, j in enumerate(data["index"]):
-            if not np.array_equal(data["mask"][row], subset_mask(n, expected["fraction"], expected["subset_seed"], int(j),
-                                                                 expected["subset_draw"])):
-                raise InputError(f"{path}: the mask of subset {int(j)} is not its deterministic draw")
-            if int(data["model_seed"][row]) != subset_model_seed(seed, int(j), expected["seed_scheme"]):
-                raise InputError(f"{path}: subset {int(j)} was trained with model seed {int(data['model_seed'][row])}")
-        parts.append(data)
-    index = np.concatenate([p["index"] for p in parts])
-    if sorted(index.tolist()) != list(range(num_subsets)):
-        raise InputError(f"subset files {list(map(str, paths))} hold subsets {sorted(index.tolist())}, "
-                         f"expected 0..{num_subsets - 1}")
-    order = np.argsort(index)
-    masks = np.concatenate([p["mask"] for p in parts])[order]
-    y_test = bundle.test.y.numpy()
-    if settings["target"] == "margin":  # as stored (bit for bit what the subset job computed)
-        outputs = np.concatenate([p["margins"] for p in parts])[order]
-    else:
-        outputs = np.stack([lds_target(z, y_test, settings["target"]) for p in parts for z in p["logits"]])[order]
-    test_acc = np.concatenate([p["test_acc"] for p in parts])
-    if not np.all(np.isfinite(outputs)):
-        raise InputError(f"a subset model produced a non-finite LDS target ({settings['target']}; training diverged?)")
-    info = {"subset_test_acc_mean": float(test_acc.mean()), "subset_test_acc_min": float(test_acc.min())}
-    return masks.astype(bool), outputs.astype(np.float64), info
+__all__ = ["LdsJob", "lds_stage"]
 
 
 def _kglm_scores(kind: str, bundle: DataBundle, kernel_path: str | Path, options: dict[str, Any],
@@ -93,16 +40,19 @@ def _kglm_scores(kind: str, bundle: DataBundle, kernel_path: str | Path, options
 @dataclass(frozen=True)
 class LdsJob:
     """The inputs of one experiment's LDS job (rule ``attribution_lds``): the attributed
-    network of training seed ``seed``, its subset retrainings, and per kernel (keyed by the
-    names in ``kernels``) its kernel file, kernel options and kGLM fit and report; the
-    gradient methods' scores and the noisy-label twin's self-influence; ``settings`` from
-    the ``attribution:`` block; the table is written to ``out_csv``."""
+    network of training seed ``seed`` (its model spec and recipe), the ground truth of its
+    subset retrainings, and per kernel (keyed by the names in ``kernels``) its kernel file,
+    kernel options and kGLM fit and report; the gradient methods' scores, the influence
+    functions' scores and the noisy-label twin's self-influence; ``settings`` from the
+    ``attribution:`` block; the table is written to ``out_csv``."""
 
     experiment: str = snakemake_field("wildcards.experiment")
     data_path: str | Path = snakemake_field("input.data")
     model_path: str | Path = snakemake_field("input.model")
     seed: int = snakemake_field("params.seed", convert=int)
-    subset_paths: Sequence[str | Path] = snakemake_field("input.subsets", convert=list)
+    model_spec: Mapping[str, Any] = snakemake_field("params.model")
+    train_cfg: Mapping[str, Any] = snakemake_field("params.train")
+    ground_truth_path: str | Path = snakemake_field("input.ground_truth")
     kernels: Sequence[str] = snakemake_field("params.kernels", convert=list)
     # params.kernels is the order of the kernel and kGLM inputs
     kernel_paths: Mapping[str, str | Path] = snakemake_field("input.kernels", keyed_by="params.kernels")
@@ -110,6 +60,8 @@ class LdsJob:
     kglm_npz_paths: Mapping[str, str | Path] = snakemake_field("input.kglm_fits", keyed_by="params.kernels")
     kglm_json_paths: Mapping[str, str | Path] = snakemake_field("input.kglm_reports", keyed_by="params.kernels")
     gradients_path: str | Path = snakemake_field("input.gradients")
+    # None: no influence-function rows (attribution.influence: null)
+    influence_path: str | Path | None = snakemake_field("input.influence", convert=lambda v: v or None)
     # None: no noisy-label twin (attribution.mislabel: null), no AUC
     mislabel_path: str | Path | None = snakemake_field("input.mislabel", convert=lambda v: v or None)
     settings: Mapping[str, Any] = snakemake_field("params.settings")
@@ -125,9 +77,10 @@ def lds_stage(job: LdsJob) -> pd.DataFrame:
     model, ckpt = models.load_checkpoint(job.model_path)
     if int(ckpt.get("seed", -1)) != int(seed):
         raise InputError(f"{job.model_path}: a network of training seed {ckpt.get('seed')}, expected {seed}")
-    masks, outputs, info = gather_subsets(job.subset_paths, bundle, int(settings["num_subsets"]), settings, seed)
+    truth = load_ground_truth(job.ground_truth_path, bundle, job.model_spec, job.train_cfg, settings, seed)
+    masks, outputs = truth.masks, truth.outputs(settings["target"])
     log.info("%s: %d subsets of %d points, subset networks' test accuracy %.3f (min %.3f)", job.experiment,
-             len(masks), int(masks[0].sum()), info["subset_test_acc_mean"], info["subset_test_acc_min"])
+             len(masks), int(masks[0].sum()), truth.test_acc.mean(), truth.test_acc.min())
 
     grads = read_npz(job.gradients_path, ("methods",))
     check_fingerprints(job.gradients_path, grads, bundle)
@@ -160,6 +113,7 @@ def lds_stage(job: LdsJob) -> pd.DataFrame:
             raise InputError(f"{job.mislabel_path}: no self-influence of {method!r}")
         rows.append(_row(job.experiment, method, "", grads[f"scores_{method}"], masks, outputs,
                          None if mis is None else mis[f"selfinf_{method}"], flipped, math.nan, math.nan))
+    rows += _influence_rows(job, bundle, model, masks, outputs)
     table = pd.DataFrame(rows)
     table["seed"] = int(seed)
     table["fraction"] = float(settings["fraction"])
@@ -171,6 +125,20 @@ def lds_stage(job: LdsJob) -> pd.DataFrame:
         log.info("%s %-10s %-10s LDS %.3f ± %.3f  AUC %.3f", job.experiment, row.method, row.kernel, row.lds, row.lds_sem,
                  row.auc)
     return table
+
+
+def _influence_rows(job: LdsJob, bundle: DataBundle, model: torch.nn.Module, masks: np.ndarray,
+                    outputs: np.ndarray) -> list[dict[str, Any]]:
+    """Rows of the influence functions (none for a network the job skipped as too large)."""
+    if job.influence_path is None:
+        return []
+    inf = read_npz(job.influence_path, ("methods", "model_fingerprint"))
+    check_fingerprints(job.influence_path, inf, bundle)
+    if str(inf["model_fingerprint"]) != store.model_fingerprint(model):
+        raise InputError(f"{job.influence_path}: computed for another network than {job.model_path}")
+    # no noisy-label twin of the influence functions: no AUC
+    return [_row(job.experiment, str(m), "", inf[f"scores_{m}"], masks, outputs, None, None, math.nan, math.nan)
+            for m in inf["methods"]]
 
 
 def _row(experiment: str, method: str, kernel: str, scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray,

@@ -19,7 +19,7 @@ from ntkbench.data import DataBundle, load_bundle
 from ntkbench.data.label_noise import label_noise_bundle
 from ntkbench.kernels.threads import thread_budget
 from ntkbench.stages.attribution.common import fingerprints
-from ntkbench.stages.attribution.lds import gather_subsets
+from ntkbench.stages.attribution.ground_truth import read_subsets
 from ntkbench.stages.attribution.subsets import read_subset_states
 from ntkbench.stages.common import InputError
 from ntkbench.stages.kernels import engine_options
@@ -62,14 +62,31 @@ def _renamed(values: dict[str, np.ndarray], settings: Mapping[str, Any]) -> dict
 
 
 def _tracin_checkpoints(settings: Mapping[str, Any], bundle: DataBundle, model_spec: dict[str, Any],
-                        train_cfg: dict[str, Any], seed: int, run: Any, device: torch.device) -> list | None:
+                        train_cfg: dict[str, Any], seed: int, run: Any, device: torch.device,
+                        model_paths: Sequence[str | Path] = ()) -> list | None:
     """TracIn's (state_dict, weight) pairs for ``tracin.scheme: seeds`` (the attributed network
-    and the networks of the next seeds), or None for TracIn-CP's own checkpoints."""
+    and the networks of the next seeds), or None for TracIn-CP's own checkpoints. The next
+    seeds' networks are read from ``model_paths`` (the workflow's train jobs of seeds
+    ``seed + 1, ...``, each checked to be that seed's network of this architecture), or
+    trained here when none are given."""
     if _tracin_scheme(settings) == "checkpoints":
         return None
     tracin = settings["tracin"]
-    pairs = benchmark.seed_ensemble(bundle, model_spec, train_cfg, seed, int(tracin["models"]), float(tracin["weight"]),
-                                    device, first=run.model)
+    count, weight = int(tracin["models"]), float(tracin["weight"])
+    if not model_paths:
+        pairs = benchmark.seed_ensemble(bundle, model_spec, train_cfg, seed, count, weight, device, first=run.model)
+    else:
+        if len(model_paths) != count - 1:
+            raise InputError(f"tracin.models = {count} needs the networks of seeds {seed + 1}..{seed + count - 1}, "
+                             f"got {len(model_paths)} files")
+        pairs = [({k: v.detach().clone() for k, v in run.model.state_dict().items()}, weight)]
+        for i, path in enumerate(model_paths, start=1):
+            net, ckpt = models.load_checkpoint(path)
+            if int(ckpt.get("seed", -1)) != seed + i:
+                raise InputError(f"{path}: a network of training seed {ckpt.get('seed')}, expected {seed + i}")
+            if type(net) is not type(run.model) or net.state_dict().keys() != run.model.state_dict().keys():
+                raise InputError(f"{path}: another architecture than the attributed network")
+            pairs.append((net.state_dict(), weight))
     log.info("TracIn over the final networks of seeds %d..%d, weight %g each", seed, seed + len(pairs) - 1,
              float(tracin["weight"]))
     return pairs
@@ -108,7 +125,8 @@ def _check_reproduces(run_model: torch.nn.Module, model_path: str | Path, seed: 
 
 def gradients_stage(data_path: str | Path, model_path: str | Path, model_spec: dict[str, Any],
                     train_cfg: dict[str, Any], seed: int, settings: Mapping[str, Any], device: str,
-                    out_path: str | Path, subset_paths: Sequence[str | Path] = ()) -> None:
+                    out_path: str | Path, subset_paths: Sequence[str | Path] = (),
+                    tracin_model_paths: Sequence[str | Path] = ()) -> None:
     """Scores τ(x, i) (n_test, N) of TracIn-CP, Grad-Dot, Grad-Cos and TRAK for the network of
     training seed ``seed``, retrained with checkpoints and checked against ``model_path``.
     Stored as ``scores_<method>`` with ``methods``, ``checkpoint_epochs``, ``checkpoint_lr``,
@@ -116,8 +134,9 @@ def gradients_stage(data_path: str | Path, model_path: str | Path, model_spec: d
 
     With ``trak.ensemble_data: subsets`` TRAK's members are the LDS subset networks, read from
     ``subset_paths`` after the same checks the LDS stage makes (this data, these settings,
-    each subset its deterministic draw); ``tracin.scheme: seeds`` trains the networks of the
-    next seeds (see :func:`ntkbench.attribution.benchmark.seed_ensemble`)."""
+    each subset its deterministic draw); ``tracin.scheme: seeds`` uses the networks of the next
+    seeds, read from ``tracin_model_paths`` (the workflow's train jobs, so a cluster fans them
+    out) or trained here (:func:`ntkbench.attribution.benchmark.seed_ensemble`)."""
     bundle = load_bundle(data_path)
     dev = resolve_device(device)
     kw = _trak_kwargs(settings)
@@ -125,7 +144,7 @@ def gradients_stage(data_path: str | Path, model_path: str | Path, model_spec: d
     if settings["trak"].get("ensemble_data", "full") == "subsets":
         ensemble = kw["trak_ensemble"]
         count = max(ensemble) if isinstance(ensemble, list) else ensemble
-        gather_subsets(subset_paths, bundle, int(settings["num_subsets"]), settings, seed)
+        read_subsets(subset_paths, bundle, int(settings["num_subsets"]), settings, seed)  # checks them
         members = read_subset_states(subset_paths, count)
         log.info("TRAK over the first %d LDS subset networks", count)
     with _as_trained(settings):
@@ -135,7 +154,7 @@ def gradients_stage(data_path: str | Path, model_path: str | Path, model_spec: d
     log.info("retrained seed %d in %.1f s (max weight difference to %s: %.3g); checkpoints at epochs %s",
              seed, run.seconds, model_path, diff, [c.epoch for c in run.checkpoints])
     with _as_trained(settings):  # the seed ensemble's networks as the train jobs would train them
-        tracin = _tracin_checkpoints(settings, bundle, model_spec, train_cfg, seed, run, dev)
+        tracin = _tracin_checkpoints(settings, bundle, model_spec, train_cfg, seed, run, dev, tracin_model_paths)
     scores, _ = benchmark.gradient_attributions(bundle, model_spec, train_cfg, seed, dev, run=run,
                                                 self_influence=False, tracin_checkpoints=tracin, trak_members=members,
                                                 **kw)

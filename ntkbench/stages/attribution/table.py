@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
-from ntkbench.plots.attribution import method_label, plot_attribution_summary
+from ntkbench.plots.attribution import method_label, plot_attribution_summary, published_value
 from ntkbench.stages.attribution.common import TABLE_COLUMNS
 from ntkbench.stages.common import InputError, write_csv
 from ntkbench.tables import format_with_uncertainty
@@ -15,26 +15,34 @@ from ntkbench.utils import atomic_write_text
 __all__ = ["table_markdown", "table_stage"]
 
 
-def table_markdown(table: pd.DataFrame) -> str:
-    """Methods (rows) × experiments (column groups LDS, AUC, τ_K, τ true class); LDS with
-    its SEM in parenthesis notation."""
+def table_markdown(table: pd.DataFrame, published: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """Methods (rows) × experiments (column groups LDS, AUC, τ_K, τ true class, and the
+    published LDS where ``published`` (``{experiment: {method: LDS}}``) has any for the
+    experiment); LDS with its SEM in parenthesis notation."""
     experiments = list(dict.fromkeys(table["experiment"]))
     df = table.copy()
     df["kernel"] = df["kernel"].fillna("")
     df["label"] = [method_label(m, k) for m, k in zip(df["method"], df["kernel"])]
     labels = list(dict.fromkeys(df["label"]))
-    header = ["Method"] + [f"{exp}: {col}" for exp in experiments for col in ("LDS", "AUC", "τ_K", "τ true")]
+    published = published or {}
+    columns = {exp: ("LDS",) + (("published",) if published.get(exp) else ()) + ("AUC", "τ_K", "τ true")
+               for exp in experiments}
+    header = ["Method"] + [f"{exp}: {col}" for exp in experiments for col in columns[exp]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label in labels:
         cells = [label]
         for exp in experiments:
             sub = df[(df["label"] == label) & (df["experiment"] == exp)]
             if sub.empty:
-                cells += ["—"] * 4
+                cells += ["—"] * len(columns[exp])
                 continue
             r = sub.iloc[0]
-            cells += [format_with_uncertainty(r["lds"], r["lds_sem"]), format_with_uncertainty(r["auc"], None),
-                      format_with_uncertainty(r["tau"], None), format_with_uncertainty(r["tau_true_class"], None)]
+            cells.append(format_with_uncertainty(r["lds"], r["lds_sem"]))
+            if "published" in columns[exp]:
+                ref = published_value(published, exp, str(r["method"]))
+                cells.append(f"{ref:.2f}" if ref == ref else "—")
+            cells += [format_with_uncertainty(r["auc"], None), format_with_uncertainty(r["tau"], None),
+                      format_with_uncertainty(r["tau_true_class"], None)]
         lines.append("| " + " | ".join(cells) + " |")
     settings = table.drop_duplicates("experiment").set_index("experiment")
     notes = [f"- {exp}: network of seed {int(r['seed'])}; LDS over M = {int(r['lds_n_subsets'])} subsets of "
@@ -43,6 +51,9 @@ def table_markdown(table: pd.DataFrame) -> str:
              + (f"AUC of self-influence for {int(r['n_flipped'])} flipped training labels (0.5 = chance)"
                 if int(r["n_flipped"]) > 0 else "no noisy-label twin (attribution.mislabel: null), no AUC")
              for exp, r in settings.iterrows()]
+    if any(published.get(exp) for exp in experiments):
+        notes.append("- published: the LDS its authors report for the same method and model, on their own ground "
+                     "truth and networks (attribution.published); IF: the best damping of their grid")
     return ("\n".join(lines) + "\n\nτ_K, τ true: faithfulness of the kGLM whose attribution is scored (reference "
             "and true-class Kendall τ, test set).\n" + "\n".join(notes) + "\n")
 
@@ -52,8 +63,9 @@ TARGET_NAMES = {"margin": "true-class test margin", "neg_loss": "negated test lo
 
 
 def table_stage(paths: Sequence[str | Path], out_csv: str | Path, out_markdown: str | Path,
-                out_figure: str | Path) -> pd.DataFrame:
-    """Join the per-experiment tables into the attribution table (CSV, Markdown) and figure."""
+                out_figure: str | Path, published: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+    """Join the per-experiment tables into the attribution table (CSV, Markdown) and figure;
+    ``published`` LDS values (``{experiment: {method: LDS}}``) are shown beside them."""
     frames = []
     for path in paths:
         try:
@@ -71,6 +83,6 @@ def table_stage(paths: Sequence[str | Path], out_csv: str | Path, out_markdown: 
     if table.duplicated(["experiment", "method", "kernel"]).any():
         raise InputError("an (experiment, method, kernel) row appears twice")
     write_csv(table, out_csv)
-    atomic_write_text(out_markdown, table_markdown(table))
-    plot_attribution_summary(table, out_figure)
+    atomic_write_text(out_markdown, table_markdown(table, published))
+    plot_attribution_summary(table, out_figure, published=published)
     return table
