@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from test_dattri_workflow import write_mnist
-from test_workflow import REPO, copy_workflow, planned_jobs, snakemake
+from test_workflow import copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ from .activations import ActivationFeatures
 from .fast import GradientEngine, Impl
 from .forward import checked_forward
 from .generic import class_scale, functional_state
-from .inputs import as_input_tensor, cast_input, iter_batches
+from .inputs import cast_input, iter_batches
 from .projection import (
     GENERATOR, KRONECKER_ESTIMATOR, PROJ_TYPES, Projector, default_cache_bytes, make_projector,
 )

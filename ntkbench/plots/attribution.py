@@ -19,7 +19,7 @@ import pandas as pd
 
 from ntkbench.plots import plt, save_figure
 
-__all__ = ["method_label", "published_value", "plot_attribution_summary"]
+__all__ = ["method_label", "method_order", "published_value", "published_column", "plot_attribution_summary"]
 
 _FAMILY_NAMES = {"kglm": "kGLM", "kernel-sim": "similarity", "tracin": "TracIn-CP", "tracin-seeds": "TracIn (seeds)",
                  "grad-dot": "Grad-Dot", "grad-cos": "Grad-Cos", "trak": "TRAK"}
@@ -37,10 +37,29 @@ def method_label(method: str, kernel: str | float | None = None) -> str:
 
 def published_value(published: Mapping[str, Mapping[str, float]] | None, experiment: str, method: str) -> float:
     """The published LDS of ``method`` on ``experiment`` (NaN if none); the key ``if`` stands for
-    every influence-function row ``if@<damping>``."""
+    the influence-function rows ``if@<damping>`` (see :func:`published_column`)."""
     ref = (published or {}).get(experiment, {})
     key = "if" if method.startswith("if@") and method not in ref else method
     return float(ref.get(key, np.nan))
+
+
+def published_column(table: pd.DataFrame, published: Mapping[str, Mapping[str, float]] | None) -> np.ndarray:
+    """The published LDS beside each row of ``table`` (columns experiment, method, lds), NaN
+    where there is none. A published IF value (key ``if``) stands beside the experiment's best
+    ``if@<damping>`` row only: its authors report the best damping of their grid."""
+    values = np.array([published_value(published, e, str(m)) for e, m in zip(table["experiment"], table["method"])])
+    is_if = table["method"].astype(str).str.startswith("if@").to_numpy()
+    for exp in set(table["experiment"][is_if]):
+        rows = np.flatnonzero(is_if & (table["experiment"] == exp).to_numpy())
+        if "if" in (published or {}).get(exp, {}):  # not when the damping itself is published
+            best = rows[np.nanargmax(table["lds"].to_numpy(dtype=float)[rows])]
+            values[rows[rows != best]] = np.nan
+    return values
+
+
+def method_order(method: str) -> int:
+    """Row order of the table and figure: kernel methods, gradient methods, influence functions."""
+    return 0 if method in ("kglm", "kernel-sim") else 2 if method.startswith("if@") else 1
 
 
 def plot_attribution_summary(table: pd.DataFrame, path: str | Path, dpi: int = 150,
@@ -56,6 +75,8 @@ def plot_attribution_summary(table: pd.DataFrame, path: str | Path, dpi: int = 1
         df["kernel"] = ""
     df["kernel"] = df["kernel"].fillna("")
     df["label"] = [method_label(m, k) for m, k in zip(df["method"], df["kernel"])]
+    df["published"] = published_column(df, published)
+    df = df.iloc[np.argsort([method_order(str(m)) for m in df["method"]], kind="stable")]
     labels = list(dict.fromkeys(df["label"]))
     experiments = list(dict.fromkeys(df["experiment"]))
     colours = plt.cm.tab10(np.arange(len(experiments)) % 10)
@@ -80,9 +101,8 @@ def plot_attribution_summary(table: pd.DataFrame, path: str | Path, dpi: int = 1
             err = sub[f"{metric}_sem"].to_numpy(dtype=float) if f"{metric}_sem" in sub else None
             ax.barh(offset, values, bar, color=colours[e], xerr=None if err is None else np.nan_to_num(err),
                     capsize=2, label=exp)
-            if metric == "lds" and published:
-                ref = np.array([published_value(published, exp, str(m)) if isinstance(m, str) else np.nan
-                                for m in sub["method"]])
+            if metric == "lds":
+                ref = sub["published"].to_numpy(dtype=float)
                 if np.isfinite(ref).any():
                     ax.scatter(ref, offset, marker="D", s=22, color="black", zorder=3,
                                label=None if marked else "published (Deng et al. 2024)")

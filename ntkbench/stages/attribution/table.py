@@ -4,9 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
-from ntkbench.plots.attribution import method_label, plot_attribution_summary, published_value
+from ntkbench.plots.attribution import method_label, method_order, plot_attribution_summary, published_column
 from ntkbench.stages.attribution.common import TABLE_COLUMNS
 from ntkbench.stages.common import InputError, write_csv
 from ntkbench.tables import format_with_uncertainty
@@ -23,6 +24,8 @@ def table_markdown(table: pd.DataFrame, published: Mapping[str, Mapping[str, flo
     df = table.copy()
     df["kernel"] = df["kernel"].fillna("")
     df["label"] = [method_label(m, k) for m, k in zip(df["method"], df["kernel"])]
+    df["published"] = published_column(df, published)
+    df = df.iloc[np.argsort([method_order(str(m)) for m in df["method"]], kind="stable")]
     labels = list(dict.fromkeys(df["label"]))
     published = published or {}
     columns = {exp: ("LDS",) + (("published",) if published.get(exp) else ()) + ("AUC", "τ_K", "τ true")
@@ -39,8 +42,7 @@ def table_markdown(table: pd.DataFrame, published: Mapping[str, Mapping[str, flo
             r = sub.iloc[0]
             cells.append(format_with_uncertainty(r["lds"], r["lds_sem"]))
             if "published" in columns[exp]:
-                ref = published_value(published, exp, str(r["method"]))
-                cells.append(f"{ref:.2f}" if ref == ref else "—")
+                cells.append(f"{r['published']:.2f}" if r["published"] == r["published"] else "—")
             cells += [format_with_uncertainty(r["auc"], None), format_with_uncertainty(r["tau"], None),
                       format_with_uncertainty(r["tau_true_class"], None)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -51,9 +53,15 @@ def table_markdown(table: pd.DataFrame, published: Mapping[str, Mapping[str, flo
              + (f"AUC of self-influence for {int(r['n_flipped'])} flipped training labels (0.5 = chance)"
                 if int(r["n_flipped"]) > 0 else "no noisy-label twin (attribution.mislabel: null), no AUC")
              for exp, r in settings.iterrows()]
+    for exp in experiments:
+        has_if = table[(table["experiment"] == exp)]["method"].astype(str).str.startswith("if@").any()
+        if "if" in published.get(exp, {}) and not has_if:
+            notes.append(f"- {exp}: the published influence-function LDS ({published[exp]['if']:.2f}) has no row "
+                         "here (attribution.influence off, or the network is over its max_params)")
     if any(published.get(exp) for exp in experiments):
         notes.append("- published: the LDS its authors report for the same method and model, on their own ground "
-                     "truth and networks (attribution.published); IF: the best damping of their grid")
+                     "truth and networks (attribution.published); IF: beside our best damping, as they report the best of "
+                     "their grid")
     return ("\n".join(lines) + "\n\nτ_K, τ true: faithfulness of the kGLM whose attribution is scored (reference "
             "and true-class Kendall τ, test set).\n" + "\n".join(notes) + "\n")
 
