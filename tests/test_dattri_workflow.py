@@ -33,6 +33,15 @@ def write_mnist(folder, seed=0):
                 fh.write(idx_bytes(arr))
 
 
+def run_on_tiny_mnist(tmp_path, cfg: dict):
+    """The workflow copied into ``tmp_path`` and run on tiny MNIST files with ``cfg``; the work dir."""
+    work = copy_workflow(tmp_path)
+    write_mnist(work / "data" / "mnist")
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(work)
+    return work
+
+
 def tiny_dattri_config() -> dict:
     """configs/dattri_mnist.yaml with the sizes cut down; every protocol setting kept."""
     cfg = yaml.safe_load((REPO / "configs" / "dattri_mnist.yaml").read_text())
@@ -56,11 +65,8 @@ def tiny_dattri_config() -> dict:
 def test_dattri_config_end_to_end(tmp_path):
     from ntkbench.attribution.ground_truth import GroundTruth, ProvenanceError
 
-    work = copy_workflow(tmp_path)
-    write_mnist(work / "data" / "mnist")
     cfg = tiny_dattri_config()
-    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake(work)
+    work = run_on_tiny_mnist(tmp_path, cfg)
     table = pd.read_csv(work / "results" / "attribution.csv")
     for exp in ("mnist10-lr", "mnist10-mlp"):
         methods = set(table[table["experiment"] == exp]["method"])

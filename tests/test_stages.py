@@ -270,10 +270,12 @@ def test_jobs_are_built_from_snakemake_where_their_fields_say():
     sm = SimpleNamespace(
         input=Named(data="d.npz", model="m.pt", logits="l.npz", kernels=["a.h5", "b.h5"], kglm=["a.json", "b.json"],
                     models=["m0.pt"], subsets=["s0.npz"], kglm_fits=["a.npz", "b.npz"],
-                    kglm_reports=["a.json", "b.json"], gradients="g.npz", mislabel="x.npz"),
+                    kglm_reports=["a.json", "b.json"], gradients="g.npz", mislabel="x.npz",
+                    ground_truth="gt.npz", influence=[]),
         output=Named(table="t.csv", figure="f.png"),
         params=Named(options={"proj_dim": 8}, block_size=4, tile_size=8, device="cpu", seeds=(0,), kernels=("trntk", "pntk"),
-                     runs=[[0, "trntk"], [0, "pntk"]], kernel_options={}, settings={"top_k": 3}, seed="2"),
+                     runs=[[0, "trntk"], [0, "pntk"]], kernel_options={}, settings={"top_k": 3}, seed="2",
+                     model={"name": "mlp"}, train={"epochs": 1}),
         wildcards=Named(kernel="trntk", group="test_train", i="1", j="0", experiment="exp"),
     )
     tile = job_from_snakemake(KernelTileJob, sm)
@@ -284,6 +286,8 @@ def test_jobs_are_built_from_snakemake_where_their_fields_say():
     assert forensics.outputs == {"table": "t.csv", "figure": "f.png"} and forensics.seeds == [0]
     lds_job = job_from_snakemake(LdsJob, sm)
     assert lds_job.seed == 2 and lds_job.kglm_npz_paths == {"trntk": "a.npz", "pntk": "b.npz"}
+    assert lds_job.ground_truth_path == "gt.npz" and lds_job.influence_path is None  # none: no IF rows
+    assert lds_job.model_spec == {"name": "mlp"} and lds_job.train_cfg == {"epochs": 1}
     assert job_from_snakemake(AnalysisJob, sm, seed=5).seed == 5  # explicit values win
     sm.params.kernels = ("trntk",)  # two files for one kernel: refused, not silently cut
     with pytest.raises(ValueError):

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from test_dattri_workflow import write_mnist
-from test_workflow import copy_workflow, planned_jobs, snakemake
+from test_dattri_workflow import run_on_tiny_mnist
+from test_workflow import planned_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +40,8 @@ def tiny_zoo_config() -> dict:
 
 
 def test_tiny_zoo_leaderboard_end_to_end(tmp_path):
-    work = copy_workflow(tmp_path)
-    write_mnist(work / "data" / "mnist")
     cfg = tiny_zoo_config()
-    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake(work)
+    work = run_on_tiny_mnist(tmp_path, cfg)
     zoo = work / "results" / "zoo"
     table = pd.read_csv(zoo / "leaderboard.csv")
     assert sorted(table["kernel"]) == ["ck", "trntk"]
