@@ -29,7 +29,7 @@ from ntkbench.attribution.subsets import subset_mask
 from ntkbench.config import attribution_seed, load_config, validate_config
 from ntkbench.data import load_bundle
 from ntkbench.kernels.threads import thread_budget
-from ntkbench.stages.attribution.common import fingerprints
+from ntkbench.stages.attribution.common import data_provenance
 from ntkbench.stages.attribution.ground_truth import load_ground_truth
 
 
@@ -51,7 +51,7 @@ def independent_ground_truth(bundle, exp: dict, settings: dict, subset_seed: int
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     return GroundTruth.build(np.stack(masks), np.stack(logits), bundle.test.y.numpy(), np.arange(m), np.array(seeds),
                              np.array(acc), model=exp["model"], train=exp["train"],
-                             data={k: str(v) for k, v in fingerprints(bundle).items()},
+                             data=data_provenance(bundle),
                              subsets={"fraction": float(settings["fraction"]), "subset_seed": subset_seed,
                                       "subset_draw": settings["subset_draw"], "seed": subset_seed,
                                       "seed_scheme": "offset"})

@@ -75,7 +75,7 @@ class GroundTruth:
                 or self.index.shape != (m,) or self.model_seed.shape != (m,) or self.test_acc.shape != (m,):
             raise ValueError(f"ground truth arrays do not fit together: masks {self.masks.shape}, logits "
                              f"{self.logits.shape}, test_y {self.test_y.shape}, index {self.index.shape}, "
-                             f"model_seed {self.model_seed.shape}")
+                             f"model_seed {self.model_seed.shape}, test_acc {self.test_acc.shape}")
 
     @property
     def num_subsets(self) -> int:

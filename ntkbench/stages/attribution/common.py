@@ -10,7 +10,7 @@ from ntkbench import store
 from ntkbench.data import DataBundle
 from ntkbench.stages.common import InputError
 
-__all__ = ["KERNEL_METHODS", "TABLE_COLUMNS", "fingerprints", "check_fingerprints"]
+__all__ = ["KERNEL_METHODS", "TABLE_COLUMNS", "fingerprints", "data_provenance", "check_fingerprints"]
 
 #: Methods computed per kernel; the loss-gradient methods are ``methods.GRADIENT_METHODS``.
 KERNEL_METHODS = ("kglm", "kernel-sim")
@@ -25,6 +25,11 @@ def fingerprints(bundle: DataBundle) -> dict[str, np.ndarray]:
     return {"data_fingerprint_x": np.array(store.tensor_fingerprint(bundle.train.x)),
             "data_fingerprint_y": np.array(store.tensor_fingerprint(bundle.train.y)),
             "test_fingerprint_y": np.array(store.tensor_fingerprint(bundle.test.y))}
+
+
+def data_provenance(bundle: DataBundle) -> dict[str, str]:
+    """The data's fingerprints as plain strings: the ``data`` record of a ground truth's provenance."""
+    return {key: str(value) for key, value in fingerprints(bundle).items()}
 
 
 def check_fingerprints(path: str | Path, data: Mapping[str, Any], bundle: DataBundle) -> None:

@@ -11,7 +11,7 @@ from ntkbench.attribution.ground_truth import GroundTruth, ProvenanceError
 from ntkbench.attribution.retrain import subset_model_seed
 from ntkbench.attribution.subsets import subset_mask
 from ntkbench.data import DataBundle, load_bundle
-from ntkbench.stages.attribution.common import check_fingerprints, fingerprints
+from ntkbench.stages.attribution.common import check_fingerprints, data_provenance
 from ntkbench.stages.common import InputError, read_npz
 from ntkbench.utils import get_logger
 
@@ -78,7 +78,7 @@ def ground_truth_stage(data_path: str | Path, subset_paths: Sequence[str | Path]
     subsets = read_subsets(subset_paths, bundle, int(settings["num_subsets"]), settings, seed)
     truth = GroundTruth.build(subsets["mask"], subsets["logits"], bundle.test.y.numpy(), subsets["index"],
                               subsets["model_seed"], subsets["test_acc"], model=model_spec, train=train_cfg,
-                              data={k: str(v) for k, v in fingerprints(bundle).items()},
+                              data=data_provenance(bundle),
                               subsets=subset_settings(settings, seed))
     for target in ("margin", "neg_loss"):
         truth.outputs(target)  # finite, or the error names the target
@@ -95,7 +95,7 @@ def load_ground_truth(path: str | Path, bundle: DataBundle, model_spec: Mapping[
     differs) unless it is of this model spec, training recipe, data and subset settings."""
     try:
         truth = GroundTruth.load(path, model=model_spec, train=train_cfg,
-                                 data={k: str(v) for k, v in fingerprints(bundle).items()},
+                                 data=data_provenance(bundle),
                                  subsets={**subset_settings(settings, seed), "num_subsets": int(settings["num_subsets"])})
     except ProvenanceError as err:
         raise InputError(str(err)) from err
