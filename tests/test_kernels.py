@@ -1,6 +1,9 @@
 """Kernel values against brute force, for every kind and several architectures."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +12,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ntkbench import kernels
 from tests.kernel_models import (
-    BinaryNet, MLP, OddNet, SmallCNN, TokenNet, ViewCNN, assert_kernels_match, brute_jacobian, brute_kernels,
+    MLP,
+    BinaryNet,
+    OddNet,
+    SmallCNN,
+    TokenNet,
+    ViewCNN,
+    assert_kernels_match,
+    brute_jacobian,
+    brute_kernels,
     with_bn_stats,
 )
 
@@ -273,12 +284,9 @@ def test_symmetric_blocks_and_uncached_path(monkeypatch):
 
 @pytest.mark.parametrize("model_cls", [SmallCNN, ViewCNN])
 def test_conv_models_over_many_blocks(model_cls):
-    """Materialised conv gradients (class-major, [W | b] rows), the channels-last backward
-    (and its fallback for ``.view``), convs applied twice and the block-wise symmetric
-    kernel over several batches: all equal to the generic torch.func path."""
-    from ntkbench.kernels.fast import GradientEngine
-    from ntkbench.kernels.generic import functional_state
-
+    """Materialised conv gradients (class-major, [W | b] rows), a ``.view`` after a conv,
+    convs applied twice and the block-wise symmetric kernel over several batches: all equal
+    to the generic torch.func path."""
     torch.manual_seed(0)
     model = with_bn_stats(model_cls())
     in_ch = model.c1.in_channels if model_cls is ViewCNN else 1
@@ -292,11 +300,29 @@ def test_conv_models_over_many_blocks(model_cls):
     proj = kernels.compute(model, x[:20], kind="proj-trntk", proj_dim=32, seed=3, dtype=F64, batch_size=8)
     ref = kernels.compute(model, x[:20], kind="proj-trntk", proj_dim=32, seed=3, dtype=F64, impl="generic")
     torch.testing.assert_close(proj, ref)
-    # SmallCNN runs its conv backward in channels-last; ViewCNN's .view forces the fallback.
-    params, others = functional_state(model, torch.device("cpu"), F64)
-    engine = GradientEngine(model.eval(), params, others, impl="fast")
-    engine.reps(x[:8].to(F64))
-    assert engine._channels_last == (model_cls is SmallCNN)
+
+
+def test_resnet_kernel_two_threads():
+    """The zoo's ResNet18 (width 8) on 28x28 inputs at 2 threads, a batch of 128: with conv
+    outputs handed on in channels-last, torch 2.13.0's oneDNN backward corrupted the heap
+    here (SIGABRT / SIGSEGV). Run in a child process so that a crash fails this test only;
+    the kernel must also equal the generic path's."""
+    code = (
+        "import torch\n"
+        "from ntkbench import kernels\n"
+        "from ntkbench.models import build\n"
+        "torch.manual_seed(0)\n"
+        "m = build({'name': 'resnet18', 'width': 8, 'input_shape': (1, 28, 28), 'num_outputs': 10}).eval()\n"
+        "x = torch.randn(128, 1, 28, 28)\n"
+        "torch.set_num_threads(2)\n"
+        "k = kernels.compute(m, x, kind='trntk0', batch_size=128)\n"
+        "g = kernels.compute(m, x[:24], kind='trntk0', impl='generic')\n"
+        "err = float((k[:24, :24] - g).norm() / g.norm())\n"
+        "assert err < 1e-5, err\n"
+        "print('ok', err)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr[-2000:]
 
 
 @pytest.mark.parametrize("kernel,stride,padding,dilation", [

@@ -344,13 +344,11 @@ class GradientEngine:
         # with convolutions a plain loop over classes is faster, and its per-class output
         # gradients feed the conv gradient materialisation without any stacking copy.
         self._class_loop = any(isinstance(fm.module, (nn.Conv1d, nn.Conv2d)) for fm in self.fast.values())
-        # On CPU, oneDNN's 2-D convolution backward is faster in channels-last layout (NCHW
-        # pays a layout copy per call; 1.8x for the benchmark CNN's convs), so the outputs of
-        # fast Conv2d modules are handed on in channels-last (same values, other strides). A
-        # model that needs NCHW strides (e.g. ``x.view(B, -1)`` after a conv) makes the first
-        # forward fail, and the engine then keeps the model's own layout.
-        on_cpu = all(p.device.type == "cpu" for p in self.params.values())
-        self._channels_last = on_cpu and any(isinstance(fm.module, nn.Conv2d) for fm in self.fast.values())
+        # Conv outputs keep the model's own memory layout. Handing them on in channels-last
+        # (oneDNN's conv backward is 5-30% faster there on the family's CNNs) was removed: in
+        # torch 2.13.0 that mix of layouts corrupted the heap at 2 threads in a ResNet18 on
+        # 28x28 inputs (free(): invalid next size; gone with torch.backends.mkldnn off or with
+        # one thread). tests/test_kernels.py::test_resnet_kernel_two_threads guards it.
 
     # -- planning ---------------------------------------------------------------------------
     def _plan_fast_modules(self) -> None:
@@ -407,8 +405,6 @@ class GradientEngine:
             fm.calls.append(_Call(out, feat, mask))
             # Later in-place ops (ReLU(inplace=True)) must not rewrite the tensor whose
             # gradient we ask for, so downstream code gets a copy.
-            if self._channels_last and out.dim() == 4:
-                return out.clone(memory_format=torch.channels_last)
             return out.clone()
 
         return hook
@@ -617,9 +613,9 @@ class GradientEngine:
         convs a second, weight-gradient backward, so only on a few samples, once); modules
         that fail go to the generic path (or raise with ``impl="fast"``).
 
-        The hooked forward must also give the model's own logits: channels-last conv outputs
-        or per-sample copies of unbatched outputs may break a model (an error) or, in
-        principle, change what it computes; then these are undone, one at a time."""
+        The hooked forward must also give the model's own logits: per-sample copies of
+        unbatched outputs may break a model (an error) or, in principle, change what it
+        computes; then they are undone."""
         with torch.no_grad():
             plain = checked_forward(
                 self.model, xb, lambda t: functional_call(self.model, {**self.others, **self.params}, (t,))
@@ -640,9 +636,6 @@ class GradientEngine:
             if self._expand_unbatched and any(fm.unbatched for fm in self.fast.values()):
                 self._expand_unbatched = False
                 _LOG.debug("per-sample copies of unbatched outputs break the forward; generic path for those modules")
-            elif self._channels_last:
-                self._channels_last = False
-                _LOG.debug("forward fails with channels-last conv outputs; keeping the model's layout")
             elif error is not None:
                 raise error
             else:
