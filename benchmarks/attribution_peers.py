@@ -653,19 +653,20 @@ def _damping(text: str) -> float | None:
 
 
 def make_row(s: Setup, experiment: str, method: str, impl: str, scores: np.ndarray, seconds: float, load: float,
-             ours: tuple[np.ndarray, float, float] | None, published: str | None) -> dict[str, Any]:
+             ours: tuple[np.ndarray, float, float] | None, published: str | None,
+             stored_ours: bool = False) -> dict[str, Any]:
     """One row of the main table; ``ours``: ntkbench's (scores, LDS, time) of the method, if any;
     ``published``: the key of dattri's published LDS to show."""
     if not np.all(np.isfinite(scores)):
         raise FloatingPointError(f"{impl} {method}: non-finite scores")
     lds = compute_lds(scores, s.masks, s.target)
     if ours is None and impl == "ntkbench":
-        ours = (scores, lds.mean, seconds)
+        ours = (scores, lds.mean, seconds if stored_ours is False else float("nan"))
     row = {"method": method, "impl": impl, "lds": lds.mean, "sem": lds.sem, "time": seconds, "load": load,
            "dlds": None, "ratio": None, "rho": None, "dattri_lds": dattri_lds(scores, s),
            "published": PUBLISHED.get(experiment.rsplit("-", 1)[-1], {}).get(published) if published else None}
     if ours is not None:
-        row.update(dlds=lds.mean - ours[1], ratio=seconds / ours[2], rho=spearman(scores, ours[0]))
+        row.update(dlds=lds.mean - ours[1], ratio=seconds / ours[2] if np.isfinite(ours[2]) else None, rho=spearman(scores, ours[0]))
     print(f"  {method:14s} {impl:17s} LDS {row['lds']:.3f} ± {row['sem']:.3f}  {seconds:7.1f} s "
           f"({_fmt(row['ratio'], '.2f')}x)  Spearman vs ntkbench {_fmt(row['rho'], '.3f')}  load {load:.1f}",
           flush=True)
@@ -693,6 +694,9 @@ def main() -> None:
     parser.add_argument("--train-threads", type=int, default=None,
                         help="torch threads for retraining the TracIn seed ensemble (default: the config's "
                              "resources.train.threads, with which the train stage made model.pt)")
+    parser.add_argument("--stored-ours", action="store_true",
+                        help="take ntkbench's scores from the workflow's gradients.npz instead of recomputing "
+                             "them (no ntkbench time, hence no time ratio): for peer runs too long to repeat ours")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
     args = parser.parse_args()
 
@@ -720,6 +724,10 @@ def main() -> None:
         for method in gradient_methods:
             impls: list[tuple[str, Callable[[], np.ndarray]]] = [("ntkbench",
                                                                   lambda m=method: ntkbench_scores(s, m))]
+            if args.stored_ours:
+                if method not in s.stored:
+                    raise SystemExit(f"--stored-ours: gradients.npz has no scores of {method}")
+                impls = [("ntkbench", lambda m=method: s.stored[m])]
             if "dattri" in args.peers:
                 impls.append((f"dattri {versions['dattri']}", lambda m=method: dattri_scores(s, m)))
             if "traker" in args.peers and trak_k(method):
@@ -728,10 +736,13 @@ def main() -> None:
             for impl, fn in impls:
                 scores, seconds, load = timed(fn)
                 rows.append(make_row(s, args.experiment, label(method), impl, scores, seconds, load, ours,
-                                     None if impl == "ntkbench" else label(method)))
+                                     None if impl == "ntkbench" else label(method), args.stored_ours))
                 if impl == "ntkbench":
-                    ours = (scores, rows[-1]["lds"], seconds)
-                if impl == "ntkbench" and method in s.stored:
+                    ours = (scores, rows[-1]["lds"], float("nan") if args.stored_ours else seconds)
+                if impl == "ntkbench" and args.stored_ours:
+                    s.checks.append(f"{label(method)}: ntkbench's scores read from gradients.npz, not recomputed "
+                                    "(--stored-ours): no time ratio")
+                elif impl == "ntkbench" and method in s.stored:
                     diff = float(np.abs(scores - s.stored[method]).max() / np.abs(s.stored[method]).max())
                     s.checks.append(f"{label(method)}: ntkbench recomputed vs gradients.npz: "
                                     + ("bit-identical" if diff == 0 else f"max rel. diff {diff:.1e}"))

@@ -1,6 +1,6 @@
 """Projected kernels: generator speed, the tile cache, and the error of each estimator.
 
-Three parts (each can be skipped):
+Four parts (each can be skipped; the default runs the first three):
 
   generator  time to draw one (256 x 65536) tile of R with the device-independent Philox
              generator (ntkbench.kernels.philox), Gaussian and Rademacher, against the
@@ -14,9 +14,15 @@ Three parts (each can be skipped):
              (LoGra) projection, K in --ks, on the MLP (random inputs) and a small CNN
              (sklearn's 8x8 digits), with the time of each kernel (errors averaged over
              --seeds).
+  peers      proj-trntk and proj-pntk on the architecture family (benchmarks/kernels.py FAMILY,
+             --members) at K in --peer-ks, against traker's CPU BasicProjector and dattri's
+             random_project applied to the same per-sample per-class gradients, with the
+             error of each against the exact kernel (benchmarks/projection_peers.py; needs
+             the peers: pip install torch==2.13.0, then pip install -e ".[peers]").
 
-    python benchmarks/projection.py                      # everything, N = 1000 / 500
+    python benchmarks/projection.py                      # generator, cache, error; N = 1000 / 500
     python benchmarks/projection.py --parts error --quick
+    .venv-peers/bin/python benchmarks/projection.py --parts peers --out benchmarks/runs/proj_peers.md
 """
 from __future__ import annotations
 
@@ -162,19 +168,31 @@ def part_error(n: int, ks: list[int], seeds: list[int], methods: list[str]) -> N
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="generator,cache,error")
-    ap.add_argument("--n", type=int, default=1000, help="N of the cache part (error part: N/2)")
+    ap.add_argument("--n", type=int, default=None,
+                    help="N of the cache part (default 1000; error part: N/2; peers part: default each member's N)")
     ap.add_argument("--proj-dim", type=int, default=10240)
     ap.add_argument("--cache-mb", type=int, default=4200, help="budget of the cached run (R of K=10240 is 3.9 GB)")
     ap.add_argument("--ks", default="256,1024,4096,10240")
     ap.add_argument("--seeds", default="0", help="projection seeds of the error part (errors averaged)")
     ap.add_argument("--methods", default="gaussian,kronecker", help="proj_type values of the error part")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="N = 200, K up to 1024")
+    ap.add_argument("--quick", action="store_true", help="N = 200, K up to 1024 (peers: N = 64, K = 2048)")
+    ap.add_argument("--members", default="all", help="peers part: family members, comma-separated (default all)")
+    ap.add_argument("--peer-ks", default="2048,10240", help="peers part: projection dimensions K")
+    ap.add_argument("--peer-projectors", default="ntkbench,traker,dattri",
+                    help="peers part: projectors applied to the shared per-sample gradients")
+    ap.add_argument("--chunk-mb", type=int, default=1024,
+                    help="peers part: largest (B, C, P) float32 Jacobian chunk handed to a projector")
+    ap.add_argument("--threads", default="free",
+                    help="peers part: torch threads for every method: an int, or 'free' (the cores other "
+                         "processes leave free, resolved once at the start)")
+    ap.add_argument("--seed", type=int, default=0, help="peers part: the projections' seed (all three)")
+    ap.add_argument("--out", default=None, help="peers part: also write its Markdown table to this file")
     ap.add_argument("--device", default="cpu", help="compute device, e.g. cuda (the model stays on the CPU)")
     args = ap.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
-    n, ks = args.n, [int(k) for k in args.ks.split(",")]
+    n, ks = args.n or 1000, [int(k) for k in args.ks.split(",")]
     if args.quick:
         n, ks, args.proj_dim = 200, [k for k in ks if k <= 1024], min(args.proj_dim, 1024)
     parts = args.parts.split(",")
@@ -186,6 +204,16 @@ def main() -> None:
         part_cache(n, args.proj_dim, args.cache_mb)
     if "error" in parts:
         part_error(n // 2, ks, [int(v) for v in args.seeds.split(",")], args.methods.split(","))
+    if "peers" in parts:
+        import projection_peers
+
+        peer_n, peer_ks = args.n, [int(k) for k in args.peer_ks.split(",")]
+        if args.quick:
+            peer_n, peer_ks = peer_n or 64, [k for k in peer_ks if k <= 2048] or [2048]
+        members = list(bench.FAMILY) if args.members == "all" else args.members.split(",")
+        threads = args.threads if args.threads == "free" else int(args.threads)
+        projection_peers.part_peers(members, peer_n, peer_ks, args.repeat, threads, args.chunk_mb, args.seed,
+                                    args.peer_projectors.split(","), args.out)
 
 
 if __name__ == "__main__":
