@@ -662,12 +662,16 @@ def make_row(s: Setup, experiment: str, method: str, impl: str, scores: np.ndarr
     lds = compute_lds(scores, s.masks, s.target)
     if ours is None and impl == "ntkbench":
         ours = (scores, lds.mean, seconds if stored_ours is False else float("nan"))
+    if stored_ours and impl == "ntkbench":
+        seconds = None  # read from gradients.npz: not timed
     row = {"method": method, "impl": impl, "lds": lds.mean, "sem": lds.sem, "time": seconds, "load": load,
            "dlds": None, "ratio": None, "rho": None, "dattri_lds": dattri_lds(scores, s),
            "published": PUBLISHED.get(experiment.rsplit("-", 1)[-1], {}).get(published) if published else None}
     if ours is not None:
-        row.update(dlds=lds.mean - ours[1], ratio=seconds / ours[2] if np.isfinite(ours[2]) else None, rho=spearman(scores, ours[0]))
-    print(f"  {method:14s} {impl:17s} LDS {row['lds']:.3f} ± {row['sem']:.3f}  {seconds:7.1f} s "
+        timed_both = seconds is not None and np.isfinite(ours[2])
+        row.update(dlds=lds.mean - ours[1], ratio=seconds / ours[2] if timed_both else None,
+                   rho=spearman(scores, ours[0]))
+    print(f"  {method:14s} {impl:17s} LDS {row['lds']:.3f} ± {row['sem']:.3f}  {_fmt(seconds, '7.1f')} s "
           f"({_fmt(row['ratio'], '.2f')}x)  Spearman vs ntkbench {_fmt(row['rho'], '.3f')}  load {load:.1f}",
           flush=True)
     return row
@@ -897,7 +901,7 @@ def render(args: argparse.Namespace, s: Setup, rows: list[dict], r_rows: list[di
     ]
     for r in rows:
         lines.append(f"| {r['method']} | {r['impl']} | {r['lds']:.3f} ± {r['sem']:.3f} | {_fmt(r['dlds'], '+.3f')} | "
-                     f"{r['time']:.1f} | {_fmt(r['ratio'], '.2f')} | {_fmt(r['rho'], '.3f')} | {r['load']:.1f} | "
+                     f"{_fmt(r['time'], '.1f')} | {_fmt(r['ratio'], '.2f')} | {_fmt(r['rho'], '.3f')} | {r['load']:.1f} | "
                      f"{_fmt(r['published'], '.2f')} |")
     if r_rows:
         lines += [
