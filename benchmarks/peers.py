@@ -258,30 +258,10 @@ class TorchWorker:
 
 
 def worker_main(args) -> int:
-    out = sys.stdout
-    sys.stdout = sys.stderr  # library prints must not break the protocol
-    try:
-        worker = TorchWorker(args.dtype, args.threads, args.block, args.scratch or tempfile.gettempdir(), args.nng_batch)
-        hello = {"ready": True}
-    except Exception as err:  # noqa: BLE001 - the parent records it
-        hello = {"error": f"{type(err).__name__}: {err}"}
-    out.write(json.dumps(hello) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        req = json.loads(line)
-        cmd = req.pop("cmd")
-        if cmd == "quit":
-            break
-        try:
-            answer = getattr(worker, cmd)(**req)
-        except Exception as err:  # noqa: BLE001
-            import traceback
+    from peers_nt import serve  # the same line protocol as the JAX worker (peers_nt imports no jax at top)
 
-            traceback.print_exc(file=sys.stderr)
-            answer = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:400]}
-        out.write(json.dumps(answer) + "\n")
-        out.flush()
-    return 0
+    return serve(lambda: TorchWorker(args.dtype, args.threads, args.block, args.scratch or tempfile.gettempdir(),
+                                     args.nng_batch))
 
 
 # -- the parent: worker processes, memory cap, time limits -----------------------------------

@@ -112,11 +112,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     args = parser.parse_args()
+    return serve(lambda: Worker(args.dtype),
+                 lambda w: {"jax": w.jax.__version__, "nt": w.nt.__version__})
+
+
+def serve(make_worker, describe=lambda worker: {}) -> int:
+    """The worker side of the line protocol (also benchmarks/peers.py's torch workers): one JSON
+    hello ({"ready": true, ...} or {"error": ...}), then one JSON answer per request
+    {"cmd": <method of the worker>, **kwargs} until {"cmd": "quit"}; an exception becomes
+    {"error": ...}, the worker carries on."""
     out = sys.stdout
     sys.stdout = sys.stderr  # anything a library prints must not break the protocol
     try:
-        worker = Worker(args.dtype)
-        hello = {"ready": True, "jax": worker.jax.__version__, "nt": worker.nt.__version__}
+        worker = make_worker()
+        hello = {"ready": True, **describe(worker)}
     except Exception as err:  # noqa: BLE001 - reported to the parent, which records the peer as failed
         hello = {"error": f"{type(err).__name__}: {err}"}
     out.write(json.dumps(hello) + "\n")
