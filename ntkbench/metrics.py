@@ -35,7 +35,10 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import optimize, special, stats
+from scipy import special
+
+# scipy.stats and scipy.optimize are imported where used: together they take ~1 s to import,
+# and every workflow job (train, kernels, ...) imports this module.
 
 __all__ = [
     "as_logits",
@@ -213,6 +216,8 @@ def _kendall(a: NDArray, b: NDArray) -> float:
     """scipy's τ-b, NaN (without a warning) for fewer than two points or a constant side."""
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
+    from scipy import stats
+
     return float(stats.kendalltau(a, b).statistic)
 
 
@@ -272,6 +277,8 @@ def pearson(
     a, b = _true_class_pair(nn_logits, kglm_logits, y, space)
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
+    from scipy import stats
+
     return float(stats.pearsonr(a, b).statistic)
 
 
@@ -285,6 +292,8 @@ def spearman(
     a, b = _true_class_pair(nn_logits, kglm_logits, y, space)
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
+    from scipy import stats
+
     return float(stats.spearmanr(a, b).statistic)
 
 
@@ -437,6 +446,8 @@ def linear_realisation(
     ``output`` (the network output paired: class 1 for a binary network, else the class),
     ``kglm_logit`` (x) and ``nn_logit`` (logit of p), for plotting Φ(x) against p.
     """
+    from scipy import optimize
+
     nn, kglm, labels = _paired_logits(nn_logits, kglm_logits, y)
     n_points, n_columns = nn.shape
     if outputs == "paper":
