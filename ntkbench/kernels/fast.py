@@ -75,6 +75,9 @@ _LOG = get_logger(__name__)
 # Samples of the first batch on which the fast path is cross-checked. Prime, so that it is
 # unlikely to equal a sequence length (an unbatched input of that length would look batched).
 _VERIFY_SAMPLES = 13
+# A first batch this small is cross-checked whole and its checked representations are kept:
+# at small N (quick checks, N = 50) a separate check on 13 samples was a third of the time.
+_VERIFY_WHOLE_BATCH = 64
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _FAST_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding) + _NORMS
@@ -424,10 +427,8 @@ class GradientEngine:
 
     def _class_grads(
         self, logits: torch.Tensor, tensors: list[torch.Tensor], sinks: dict[int, _ClassSink] | None = None,
-        weights: torch.Tensor | None = None,
     ) -> list:
-        """d(sum_b w_b sum_c mix[c,c'] F^c_b)/d t for every t, stacked over c' as (C', *t.shape)
-        (w_b = 1 unless ``weights`` (B,) are given).
+        """d(sum_b sum_c mix[c,c'] F^c_b)/d t for every t, stacked over c' as (C', *t.shape).
 
         ``sinks`` (class loop only) consume the gradients of some tensors class by class as
         they come (their entries in the result are None), so that these never pile up.
@@ -435,8 +436,6 @@ class GradientEngine:
         B, C = logits.shape
         mix = torch.eye(C, dtype=logits.dtype, device=logits.device) if self.mix is None else self.mix
         seeds = mix.T.unsqueeze(1).expand(mix.shape[1], B, C)  # (C', B, C)
-        if weights is not None:
-            seeds = seeds * weights.view(1, B, 1)
         # One vmap'd backward over the classes (measured faster than a loop over classes
         # for MLPs); a loop when some op's backward has no batching rule.
         if self._batched_backward and not self._class_loop:
@@ -460,6 +459,17 @@ class GradientEngine:
             None if i in sinks or per_tensor[i][0] is None else torch.stack(per_tensor[i])
             for i in range(len(tensors))
         ]
+
+    def _mixed_param_grads(self, logits: torch.Tensor, tensors: list[torch.Tensor], weights: torch.Tensor,
+                           class_weights: torch.Tensor) -> list:
+        """d(sum_b w_b sum_c' v_c' sum_c mix[c,c'] F^c_b)/d t for every t: autograd's side of the
+        cross-check in one backward pass. Distinct sample weights w (B,) and class weights v (C',)
+        make a gradient attributed to the wrong sample or class show, as a per-class check
+        would, at 1/C' of its cost."""
+        B, C = logits.shape
+        mix = torch.eye(C, dtype=logits.dtype, device=logits.device) if self.mix is None else self.mix
+        seed = weights.view(B, 1) * (mix @ class_weights).view(1, C)
+        return list(torch.autograd.grad(logits, tensors, grad_outputs=seed, retain_graph=True, allow_unused=True))
 
     def _layout(self, fm: _FastModule) -> list[tuple[str, tuple[int, ...]]]:
         return [(n, tuple(self.params[n].shape)) for n in fm.params]
@@ -548,7 +558,9 @@ class GradientEngine:
             # gradients must reproduce it with the same weights, which a plain sum would not
             # check (gradients attributed to the wrong samples still sum correctly).
             weights = _verify_weights(B, logits.dtype, logits.device)
-            grads = grads + self._class_grads(logits, [self.params[p] for p in pnames], None, weights)
+            Cp = self.mix.shape[1] if self.mix is not None else logits.shape[1]
+            class_weights = _verify_weights(Cp, logits.dtype, logits.device)
+            grads = grads + self._mixed_param_grads(logits, [self.params[p] for p in pnames], weights, class_weights)
         self._last_logits = logits.detach()
         reps: dict[str, GradRep] = {}
         pos = 0
@@ -565,9 +577,10 @@ class GradientEngine:
             for fm in live:
                 got = _batch_sum(reps[fm.name], self.params, weights)
                 for pname in fm.params:
+                    mixed = torch.tensordot(class_weights, got[pname], dims=1)  # sum_c' v_c' (...)
                     exp = expected[pname]
-                    exp = torch.zeros_like(got[pname]) if exp is None else exp.reshape(got[pname].shape)
-                    err = (got[pname] - exp).norm()
+                    exp = torch.zeros_like(mixed) if exp is None else exp.reshape(mixed.shape)
+                    err = (mixed - exp).norm()
                     tol = 1e-3 * exp.norm() + 1e-6 * math.sqrt(exp.numel())
                     if not bool(err <= tol):
                         failed.append(fm.name)
@@ -608,10 +621,11 @@ class GradientEngine:
                 self.fast[name].unbatched = any(a is None or a != B or b != B + 1 for a, b in zip(first, second))
         return {name for name, sizes in seen.items() if sizes}
 
-    def _verify(self, xb: torch.Tensor) -> None:
-        """Cross-check the factorised gradients against autograd's parameter gradients (for
-        convs a second, weight-gradient backward, so only on a few samples, once); modules
-        that fail go to the generic path (or raise with ``impl="fast"``).
+    def _verify(self, xb: torch.Tensor) -> dict[str, GradRep]:
+        """Cross-check the factorised gradients against autograd's parameter gradients (one
+        more backward pass, once); modules that fail go to the generic path (or raise with
+        ``impl="fast"``). Returns the checked representations of ``xb`` (of the modules that
+        passed).
 
         The hooked forward must also give the model's own logits: per-sample copies of
         unbatched outputs may break a model (an error) or, in principle, change what it
@@ -627,7 +641,7 @@ class GradientEngine:
                 if fm.name not in probed:
                     fm.unbatched = None
             try:  # checked_forward reports model errors as ValueError
-                _, failed = self._fast_reps(xb, verify=True)
+                reps, failed = self._fast_reps(xb, verify=True)
                 same = bool((self._last_logits - plain).norm() <= 1e-4 * plain.norm() + 1e-6 * math.sqrt(plain.numel()))
             except (RuntimeError, ValueError) as err:
                 error, same = err, False
@@ -639,11 +653,11 @@ class GradientEngine:
             elif error is not None:
                 raise error
             else:
-                failed = list(self.fast)
+                failed, reps = list(self.fast), {}
                 break
         self._verified = True
         if not failed:
-            return
+            return reps
         msg = (
             f"factorised gradients of module(s) {failed} do not match autograd (their parameters "
             "are probably also used outside the module's own forward)"
@@ -653,16 +667,22 @@ class GradientEngine:
         _LOG.warning("%s; using the generic torch.func path for them", msg)
         for name in failed:
             del self.fast[name]
+        return {name: rep for name, rep in reps.items() if name in self.fast}
 
     whole_input = False  # no per-call cost to amortise: batches of batch_size
 
     def reps(self, xb: torch.Tensor) -> dict[str, list[GradRep]]:
         """``{group: [representations]}`` of the gradients of the samples in ``xb``."""
         out: dict[str, list[GradRep]] = {}
+        fast_reps = None
         if self.fast and not self._verified:
-            self._verify(xb[:_VERIFY_SAMPLES])
+            whole = xb.shape[0] <= _VERIFY_WHOLE_BATCH
+            checked = self._verify(xb if whole else xb[:_VERIFY_SAMPLES])
+            if whole:
+                fast_reps = checked
         if self.fast:
-            fast_reps, _ = self._fast_reps(xb, verify=False)
+            if fast_reps is None:
+                fast_reps, _ = self._fast_reps(xb, verify=False)
             for name, rep in fast_reps.items():
                 out.setdefault(name, []).append(rep)
         fallback = self.fallback_names
