@@ -434,7 +434,7 @@ class GradientEngine:
         they come (their entries in the result are None), so that these never pile up.
         """
         B, C = logits.shape
-        mix = torch.eye(C, dtype=logits.dtype, device=logits.device) if self.mix is None else self.mix
+        mix = self._class_mix(logits)
         seeds = mix.T.unsqueeze(1).expand(mix.shape[1], B, C)  # (C', B, C)
         # One vmap'd backward over the classes (measured faster than a loop over classes
         # for MLPs); a loop when some op's backward has no batching rule.
@@ -460,6 +460,11 @@ class GradientEngine:
             for i in range(len(tensors))
         ]
 
+    def _class_mix(self, logits: torch.Tensor) -> torch.Tensor:
+        """The (C, C') class mixing of the outputs differentiated (the identity unless ``mix``)."""
+        C = logits.shape[1]
+        return torch.eye(C, dtype=logits.dtype, device=logits.device) if self.mix is None else self.mix
+
     def _mixed_param_grads(self, logits: torch.Tensor, tensors: list[torch.Tensor], weights: torch.Tensor,
                            class_weights: torch.Tensor) -> list:
         """d(sum_b w_b sum_c' v_c' sum_c mix[c,c'] F^c_b)/d t for every t: autograd's side of the
@@ -467,8 +472,7 @@ class GradientEngine:
         make a gradient attributed to the wrong sample or class show, as a per-class check
         would, at 1/C' of its cost."""
         B, C = logits.shape
-        mix = torch.eye(C, dtype=logits.dtype, device=logits.device) if self.mix is None else self.mix
-        seed = weights.view(B, 1) * (mix @ class_weights).view(1, C)
+        seed = weights.view(B, 1) * (self._class_mix(logits) @ class_weights).view(1, C)
         return list(torch.autograd.grad(logits, tensors, grad_outputs=seed, retain_graph=True, allow_unused=True))
 
     def _layout(self, fm: _FastModule) -> list[tuple[str, tuple[int, ...]]]:
