@@ -12,15 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ntkbench import kernels
 from tests.kernel_models import (
-    MLP,
-    BinaryNet,
-    OddNet,
-    SmallCNN,
-    TokenNet,
-    ViewCNN,
-    assert_kernels_match,
-    brute_jacobian,
-    brute_kernels,
+    BinaryNet, MLP, OddNet, SmallCNN, TokenNet, ViewCNN, assert_kernels_match, brute_jacobian, brute_kernels,
     with_bn_stats,
 )
 
