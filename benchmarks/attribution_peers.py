@@ -652,23 +652,22 @@ def _damping(text: str) -> float | None:
     return None if text == "heuristic" else float(text)
 
 
-def make_row(s: Setup, experiment: str, method: str, impl: str, scores: np.ndarray, seconds: float, load: float,
-             ours: tuple[np.ndarray, float, float] | None, published: str | None,
-             stored_ours: bool = False) -> dict[str, Any]:
-    """One row of the main table; ``ours``: ntkbench's (scores, LDS, time) of the method, if any;
-    ``published``: the key of dattri's published LDS to show."""
+def make_row(s: Setup, experiment: str, method: str, impl: str, scores: np.ndarray, seconds: float | None,
+             load: float, ours: tuple[np.ndarray, float, float | None] | None,
+             published: str | None) -> dict[str, Any]:
+    """One row of the main table; ``seconds``: None where the scores were not timed (read from a
+    file); ``ours``: ntkbench's (scores, LDS, time) of the method, if any; ``published``: the key
+    of dattri's published LDS to show."""
     if not np.all(np.isfinite(scores)):
         raise FloatingPointError(f"{impl} {method}: non-finite scores")
     lds = compute_lds(scores, s.masks, s.target)
     if ours is None and impl == "ntkbench":
-        ours = (scores, lds.mean, seconds if stored_ours is False else float("nan"))
-    if stored_ours and impl == "ntkbench":
-        seconds = None  # read from gradients.npz: not timed
+        ours = (scores, lds.mean, seconds)
     row = {"method": method, "impl": impl, "lds": lds.mean, "sem": lds.sem, "time": seconds, "load": load,
            "dlds": None, "ratio": None, "rho": None, "dattri_lds": dattri_lds(scores, s),
            "published": PUBLISHED.get(experiment.rsplit("-", 1)[-1], {}).get(published) if published else None}
     if ours is not None:
-        timed_both = seconds is not None and np.isfinite(ours[2])
+        timed_both = seconds is not None and ours[2] is not None
         row.update(dlds=lds.mean - ours[1], ratio=seconds / ours[2] if timed_both else None,
                    rho=spearman(scores, ours[0]))
     print(f"  {method:14s} {impl:17s} LDS {row['lds']:.3f} ± {row['sem']:.3f}  {_fmt(seconds, '7.1f')} s "
@@ -739,10 +738,12 @@ def main() -> None:
             ours = None
             for impl, fn in impls:
                 scores, seconds, load = timed(fn)
+                if impl == "ntkbench" and args.stored_ours:
+                    seconds = None  # read from gradients.npz: not timed
                 rows.append(make_row(s, args.experiment, label(method), impl, scores, seconds, load, ours,
-                                     None if impl == "ntkbench" else label(method), args.stored_ours))
+                                     None if impl == "ntkbench" else label(method)))
                 if impl == "ntkbench":
-                    ours = (scores, rows[-1]["lds"], float("nan") if args.stored_ours else seconds)
+                    ours = (scores, rows[-1]["lds"], seconds)
                 if impl == "ntkbench" and args.stored_ours:
                     s.checks.append(f"{label(method)}: ntkbench's scores read from gradients.npz, not recomputed "
                                     "(--stored-ours): no time ratio")

@@ -79,7 +79,6 @@ import json
 import math
 import os
 import platform
-import resource
 import select
 import shutil
 import subprocess
@@ -90,28 +89,14 @@ import time
 from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from peers_nt import maxrss_mb, rss_mb, serve  # noqa: E402 - this directory's; imports no jax
 PEERS = ("ntkbench", "nt1", "nt2", "nt3", "nngeometry", "jacrev", "ntvp")
 NT_METHODS = ("nt1", "nt2", "nt3")
 SCALE_MEMBERS = ("mlp-d3-w100", "cnn-narrow-8-16-strided", "resnet-16-32-64-bn")
 LABELS = {"ntkbench": "ntkbench", "ntkbench-hdf5": "ntkbench (HDF5, cache 0)", "nt1": "NT jac. contraction",
           "nt2": "NT NTK-vector products", "nt3": "NT structured", "nngeometry": "nngeometry",
           "jacrev": "vmap(jacrev)", "ntvp": "torch.func NTK-vp"}
-
-
-def rss_mb() -> float:
-    """Current resident set size of this process (VmRSS), MB."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return math.nan
-
-
-def maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def load_avg() -> float:
@@ -195,11 +180,7 @@ class TorchWorker:
     def _jacrev(self, x, kind):
         # The tutorial's empirical_ntk_jacobian_contraction, Jacobians of x computed once.
         torch = self.torch
-        from torch.func import jacrev, vmap
-
-        params = {k: v.detach() for k, v in self.model.named_parameters()}
-        jac = vmap(jacrev(self._fnet_single()), (None, 0))(params, x)
-        jac = [j.flatten(2) for j in jac.values()]
+        jac = self.bench.func_jacobians(self.model, x)  # (N, C, P_param) per parameter
         expr = "Naf,Mbf->NMab" if kind == "entk" else "Naf,Maf->NM"
         return torch.stack([torch.einsum(expr, j, j) for j in jac]).sum(0)
 
@@ -258,8 +239,6 @@ class TorchWorker:
 
 
 def worker_main(args) -> int:
-    from peers_nt import serve  # the same line protocol as the JAX worker (peers_nt imports no jax at top)
-
     return serve(lambda: TorchWorker(args.dtype, args.threads, args.block, args.scratch or tempfile.gettempdir(),
                                      args.nng_batch))
 

@@ -40,11 +40,14 @@ def maxrss_mb() -> float:
 
 
 def rss_mb() -> float:
-    """Current resident set size (VmRSS), MB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+    """Current resident set size (VmRSS), MB; NaN where /proc is not readable."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
 
 

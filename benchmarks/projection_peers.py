@@ -52,10 +52,8 @@ import importlib.metadata as md
 import math
 import os
 import platform
-import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
 
 import kernels as bench  # benchmarks/kernels.py
 import torch
@@ -70,12 +68,6 @@ from ntkbench.kernels.threads import resolve_threads, thread_budget
 
 KINDS = ("trntk", "pntk")
 PROJECTORS = ("ntkbench", "traker", "dattri")
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def peer_versions() -> dict[str, str]:
@@ -167,7 +159,7 @@ def grad_chunks_timed(model, x, kind, B, tm):
     """:func:`grad_chunks`, each chunk's time added to ``tm["grads"]``."""
     it = grad_chunks(model, x, kind, B)
     while True:
-        g, t = _timed(lambda: next(it, None))
+        g, t = bench.timed(lambda: next(it, None))
         if g is None:
             return
         tm["grads"] += t
@@ -208,9 +200,9 @@ def run_member(name: str, n: int | None, ks: list[int], repeat: int, threads: in
         for r in range(repeat):
             for kind in KINDS:
                 if K == ks[0]:  # exact kernels: timed in the rounds of the first K only
-                    exact[kind], t = _timed(lambda: kernels.compute(model, x, kind=kind, threads=threads))
+                    exact[kind], t = bench.timed(lambda: kernels.compute(model, x, kind=kind, threads=threads))
                     t_exact[kind] = min(t_exact[kind], t)
-                kern["e2e", kind], t = _timed(lambda: kernels.compute(model, x, kind=f"proj-{kind}", proj_dim=K,
+                kern["e2e", kind], t = bench.timed(lambda: kernels.compute(model, x, kind=f"proj-{kind}", proj_dim=K,
                                                                         seed=seed, threads=threads))
                 best["e2e", kind] = min(best["e2e", kind], t)
             with thread_budget(threads):
@@ -222,19 +214,19 @@ def run_member(name: str, n: int | None, ks: list[int], repeat: int, threads: in
                         rows_ = a.reshape(-1, P)
                         for method in projectors:
                             if method not in proj_fns:  # construction (first block of R) is timed
-                                proj_fns[method], t = _timed(
+                                proj_fns[method], t = bench.timed(
                                     lambda: ntkbench_projector(layout, K, seed) if method == "ntkbench"
                                     else make_projector(method, P, K, seed, rows_))
                                 tm[method] += t
                             if method == "ntkbench":
-                                f, t = _timed(lambda: proj_fns[method](a))
+                                f, t = bench.timed(lambda: proj_fns[method](a))
                             else:
-                                f, t = _timed(lambda: proj_fns[method](rows_).view(a.shape[0], a.shape[1], K))
+                                f, t = bench.timed(lambda: proj_fns[method](rows_).view(a.shape[0], a.shape[1], K))
                             tm[method] += t
                             feats[method].append(f)
                     best["grads", kind] = min(best["grads", kind], tm["grads"])
                     for method in projectors:
-                        kern[method, kind], t = _timed(lambda: normalised_gram(torch.cat(feats.pop(method))))
+                        kern[method, kind], t = bench.timed(lambda: normalised_gram(torch.cat(feats.pop(method))))
                         best["proj", method, kind] = min(best["proj", method, kind], tm[method])
                         best["total", method, kind] = min(best["total", method, kind], tm["grads"] + tm[method] + t)
             load = max(load, os.getloadavg()[0])
