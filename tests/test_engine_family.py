@@ -77,7 +77,7 @@ class _PosNet(nn.Module):
 
 
 @pytest.mark.parametrize("style", ["nobatch", "lead1", "explicit"])
-@pytest.mark.parametrize("n", [5, 13])  # 5 = T: a batch as long as the sequence
+@pytest.mark.parametrize("n", [2, 5, 13])  # 5 = T: a batch as long as the sequence; 2: the probe adds a sample
 def test_unbatched_positional_embedding(style, n):
     """A module fed an input without the batch dimension gets per-sample output copies (or
     the generic path where that would change the model); the kernel is exact either way,
