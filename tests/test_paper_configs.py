@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ntkbench.config import ConfigError, experiment_seeds, load_config, validate_config
+from ntkbench.config import ConfigError, experiment_seeds, load_config, load_yaml, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -19,7 +19,7 @@ HAS_SLURM_PLUGIN = importlib.util.find_spec("snakemake_executor_plugin_slurm") i
 ALL_KERNELS = ["trntk", "trntk0", "proj-trntk", "proj-pntk", "em", "ck"]
 
 
-def dry_run(config: Path, workdir: Path) -> str:
+def dry_run(config: Path | list[Path], workdir: Path) -> str:
     """``snakemake -n`` of the repository's workflow in ``workdir`` with ``config`` and an empty
     data directory, through the SLURM profile when its plugin is installed (so the job sizes
     are resolved as on a cluster); returns stdout + stderr."""
@@ -27,7 +27,8 @@ def dry_run(config: Path, workdir: Path) -> str:
     empty.mkdir()
     profile = ["--workflow-profile", str(REPO / "profiles" / "slurm")] if HAS_SLURM_PLUGIN else ["--cores", "2"]
     proc = subprocess.run([str(SNAKEMAKE), "-n", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *profile,
-                           "--configfile", str(config), "--config", f"data_dir={empty}"],
+                           "--configfile", *map(str, config if isinstance(config, list) else [config]),
+                           "--config", f"data_dir={empty}"],
                           cwd=workdir, capture_output=True, text=True, timeout=300)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
@@ -179,3 +180,32 @@ def test_zoo_config_plans_six_architectures_with_twins(tmp_path):
     counts = job_counts(dry_run(REPO / "configs" / "zoo_mnist.yaml", tmp_path))
     assert counts["train"] == 36 and counts["forensics"] == 6 and counts["leaderboard"] == 1
     assert counts["kernel"] == counts["kglm"] == 2 * 3 * (6 + 5 * 7)   # clean + twin, 3 seeds, LR has no em
+
+
+def test_zoo_config_scales_to_full_mnist_by_an_overlay_alone(tmp_path):
+    """configs/zoo_mnist_full.yaml, a second --configfile over zoo_mnist.yaml, changes only the
+    data sizes (all 60,000 / 10,000 images), the tiles and the job sizes: Snakemake's deep merge
+    keeps every architecture's model, recipe, kernels and twin, so the same DAG is planned."""
+    from snakemake.utils import update_config
+
+    small, overlay = REPO / "configs" / "zoo_mnist.yaml", REPO / "configs" / "zoo_mnist_full.yaml"
+    base = validate_config(load_yaml(small))
+    merged = load_yaml(small)
+    update_config(merged, load_yaml(overlay))   # what `--configfile small overlay` does
+    merged = validate_config(merged)
+    assert set(merged["experiments"]) == set(base["experiments"])
+    for name, exp in merged["experiments"].items():
+        assert (exp["data"]["first_train"], exp["data"]["first_test"]) == (60000, 10000), name
+        same = {k: v for k, v in exp["data"].items() if k not in ("first_train", "first_test")}
+        assert same == {k: v for k, v in base["experiments"][name]["data"].items() if k not in ("first_train", "first_test")}
+        for key in ("model", "train", "kernels", "forensics"):
+            assert exp.get(key) == base["experiments"][name].get(key), (name, key)
+    assert merged["kernel_options"]["tile_size"] % merged["kernel_options"]["block_size"] == 0
+    assert merged["leaderboard"] == base["leaderboard"] and merged["attribution"] == base["attribution"]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "small").mkdir()
+    full = job_counts(dry_run([small, overlay], tmp_path / "full"))
+    small_counts = job_counts(dry_run(small, tmp_path / "small"))
+    # every kernel becomes a gather of tile jobs (the tiles are planned once the data exist)
+    assert full.pop("kernel_gather") == small_counts.pop("kernel") == 246
+    assert full == small_counts
