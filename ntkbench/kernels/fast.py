@@ -418,12 +418,14 @@ class GradientEngine:
             fm.calls.clear()
         handles = [fm.module.register_forward_hook(self._hook(fm)) for fm in self.fast.values()]
         try:
-            return checked_forward(
-                self.model, xb, lambda t: functional_call(self.model, {**self.others, **self.params}, (t,))
-            )
+            return checked_forward(self.model, xb, self._call)
         finally:
             for h in handles:
                 h.remove()
+
+    def _call(self, x: torch.Tensor):
+        """The model on ``x`` with the engine's functional state (parameters and buffers)."""
+        return functional_call(self.model, {**self.others, **self.params}, (x,))
 
     def _class_grads(
         self, logits: torch.Tensor, tensors: list[torch.Tensor], sinks: dict[int, _ClassSink] | None = None,
@@ -555,14 +557,14 @@ class GradientEngine:
         B = xb.shape[0]
         outs = [c.out for fm in live for c in fm.calls]
         pnames = [p for fm in live for p in fm.params] if verify else []
-        sinks = self._sinks(live, self.mix.shape[1] if self.mix is not None else logits.shape[1])
+        Cp = self._class_mix(logits).shape[1]  # outputs differentiated
+        sinks = self._sinks(live, Cp)
         grads = self._class_grads(logits, outs, sinks) if outs else []
         if verify:
             # Autograd's parameter gradients of a *weighted* batch sum: the factorised per-sample
             # gradients must reproduce it with the same weights, which a plain sum would not
             # check (gradients attributed to the wrong samples still sum correctly).
             weights = _verify_weights(B, logits.dtype, logits.device)
-            Cp = self.mix.shape[1] if self.mix is not None else logits.shape[1]
             class_weights = _verify_weights(Cp, logits.dtype, logits.device)
             grads = grads + self._mixed_param_grads(logits, [self.params[p] for p in pnames], weights, class_weights)
         self._last_logits = logits.detach()
@@ -614,14 +616,13 @@ class GradientEngine:
         B = xb.shape[0]
         small = xb[:2] if B > 2 else torch.cat([xb, xb[:1]])
         handles = [fm.module.register_forward_hook(probe(fm)) for fm in self.fast.values()]
-        call = lambda t: functional_call(self.model, {**self.others, **self.params}, (t,))  # noqa: E731
         try:
             with torch.no_grad():
                 current = 0
-                plain = checked_forward(self.model, xb, call)  # model errors raise here, named
+                plain = checked_forward(self.model, xb, self._call)  # model errors raise here, named
                 current = 1
                 try:
-                    call(small)
+                    self._call(small)
                 except (RuntimeError, ValueError, IndexError, TypeError):
                     return plain, set()  # the hooked forwards decide (and report any error)
         finally:
