@@ -40,7 +40,9 @@ def tiny_config() -> dict:
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(SNAKEMAKE), "--cores", "2", *args], cwd=workdir,
+    # profiles/default re-selects jobs every 5 s, and a run exits up to 5 s after its last job;
+    # the tests' many short runs keep Snakemake's 1 s (the timespan changes no output)
+    proc = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--max-jobs-per-timespan", "100/1s", *args], cwd=workdir,
                           capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
