@@ -30,6 +30,7 @@ rule leaderboard:
         summary=f"{RESULTS}/summary.csv",
         attribution=f"{RESULTS}/attribution.csv" if set(LEADERBOARD_EXPERIMENTS) & set(ATTRIBUTION_EXPERIMENTS) else [],
         forensics=[f"{RESULTS}/{twin}/forensics.csv" for twin in LEADERBOARD_TWINS],
+        attacks=[f"{RESULTS}/{twin}/attack.csv" for twin in LEADERBOARD_TWINS],
         costs=leaderboard_costs,
     output:
         csv=report(update(f"{RESULTS}/zoo/leaderboard.csv"), caption=f"{CAPTIONS}/leaderboard_table.rst",

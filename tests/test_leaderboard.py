@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntkbench.leaderboard import leaderboard, leaderboard_markdown, long_table, rank_within_sem
+from ntkbench.leaderboard import at_a_glance, leaderboard, leaderboard_markdown, long_table, rank_within_sem
 from ntkbench.plots.leaderboard import pareto_front, plot_heatmaps, plot_pareto
 from ntkbench.stages.common import InputError
 from ntkbench.stages.leaderboard import read_kernel_costs
@@ -22,10 +22,10 @@ def test_ranks_share_within_one_sem_and_ignore_order():
 def _inputs():
     summary = pd.DataFrame([
         {"experiment": e, "variant": "default", "kernel": k, "tau": t, "tau_sem": 0.01, "tau_true_class": t - 0.1,
-         "tau_true_class_sem": 0.01, "tad": tad, "tad_sem": 0.1, "r_miss": 0.5, "r_miss_sem": 0.05, "r2_linear": 0.9,
-         "r2_linear_sem": 0.01, "nn_test_acc": 95.0, "nn_test_acc_sem": 0.5, "n_seeds": 2}
-        for e, k, t, tad in [("a", "trntk", 0.8, -1.0), ("a", "ck", 0.6, 0.5), ("b", "trntk", 0.7, 0.0),
-                             ("b", "ck", 0.75, 2.0)]])
+         "tau_true_class_sem": 0.01, "tad": tad, "tad_sem": 0.1, "r_miss": 0.5, "r_miss_sem": 0.05, "r2_linear": -0.5,
+         "r2_linear_sem": 0.01, "r2_logistic": r2, "r2_logistic_sem": 0.02, "nn_test_acc": 95.0, "nn_test_acc_sem": 0.5, "n_seeds": 2}
+        for e, k, t, tad, r2 in [("a", "trntk", 0.8, -1.0, 0.4), ("a", "ck", 0.6, 0.5, 0.2), ("b", "trntk", 0.7, 0.0, -0.9),
+                                 ("b", "ck", 0.75, 2.0, -0.3)]])
     attribution = pd.DataFrame([{"experiment": "a", "method": m, "kernel": k, "lds": v, "lds_sem": 0.01}
                                 for m, k, v in [("kglm", "trntk", 0.3), ("kglm", "ck", 0.2), ("grad-dot", "", 0.9)]])
     forensics = {"a-bad": pd.DataFrame({"kernel": ["trntk", "ck"], "precision": [100.0, 90.0], "precision_sem": [0, 1],
@@ -40,7 +40,7 @@ def test_long_table_and_leaderboard_values_ranks_and_means(tmp_path):
     summary, attribution, forensics, costs, archs = _inputs()
     long = long_table(summary, archs, attribution, forensics, costs)
     assert set(long[long["architecture"] == "B"]["metric"]) == {"tau", "tau_true_class", "tad", "r_miss",
-                                                                 "r2_linear", "kernel_wall_s", "kernel_cpu_s",
+                                                                 "r2", "kernel_wall_s", "kernel_cpu_s",
                                                                  "kernel_peak_mb"}
     cpu = long[(long.architecture == "A") & (long.kernel == "trntk") & (long.metric == "kernel_cpu_s")].iloc[0]
     assert cpu["mean"] == 10.5 and cpu["sem"] == pytest.approx(0.5)  # mean ± SEM over the two seeds
@@ -51,7 +51,11 @@ def test_long_table_and_leaderboard_values_ranks_and_means(tmp_path):
     assert table.loc["trntk", "A:tad_rank"] == 2  # |−1.0| > |0.5|
     assert table.loc["trntk", "A:lds"] == 0.3 and table.loc["ck", "A:precision_rank"] == 2
     assert table.loc["ck", "mean_cost_rank"] == 1 and table.loc["trntk", "mean_cost_rank"] == 2
-    quality = long[long.metric.isin(["tau", "tau_true_class", "tad", "r_miss", "r2_linear", "lds", "precision",
+    # realisation R²: architecture a's best Φ is the logistic (mean 0.3 > -0.5), b's the linear (-0.5 > -0.6)
+    r2 = long[long.metric == "r2"].set_index(["architecture", "kernel"])
+    assert r2.loc[("A", "ck"), "mean"] == 0.2 and r2.loc[("A", "ck"), "sem"] == 0.02
+    assert r2.loc[("B", "ck"), "mean"] == -0.5 and table.loc["trntk", "A:r2_rank"] == 1
+    quality = long[long.metric.isin(["tau", "tau_true_class", "tad", "r_miss", "r2", "lds", "precision",
                                      "recall"])]
     assert quality.groupby("kernel").size()["trntk"] == 13  # 5 summary metrics x 2 + LDS + precision + recall
     text = leaderboard_markdown(leaderboard(long, ["trntk", "ck"]), ["A", "B"], ["tau", "lds", "kernel_cpu_s"], ["n"])
@@ -95,3 +99,47 @@ def test_config_checks_name_the_architecture():
                                                                                              "badnet": "e"}}}})
     with pytest.raises(ConfigError, match="leaderboard.architectures.A.experiment: 'x' is not an experiment"):
         validate_config({"experiments": {"e": exp}, "leaderboard": {"architectures": {"A": {"experiment": "x"}}}})
+
+
+def test_a_twin_whose_backdoor_failed_is_shown_but_not_ranked():
+    summary, attribution, forensics, costs, archs = _inputs()
+    attacks = {"a-bad": pd.DataFrame({"seed": [0, 1], "clean_acc": [0.9, 0.7], "attack_success_rate": [1.0, 0.95],
+                                      "attack_ok": [True, False]})}
+    long = long_table(summary, archs, attribution, forensics, costs, attacks)
+    assert not long[long.metric.isin(["precision", "recall"])]["ranked"].any() and long[long.metric == "tau"]["ranked"].all()
+    table = leaderboard(long, ["trntk", "ck"]).set_index("kernel")
+    assert table.loc["ck", "A:precision"] == 90.0 and np.isnan(table.loc["ck", "A:precision_rank"])
+    # the mean rank leaves the unranked metrics out: trntk has 5 x 2 summary ranks + LDS
+    ranked = long[long.ranked & long.metric.isin(["tau", "tau_true_class", "tad", "r_miss", "r2", "lds"])]
+    assert ranked.groupby("kernel").size()["trntk"] == 11
+    assert "| trntk | 100.000 ± 0.000 |" in leaderboard_markdown(leaderboard(long, ["trntk", "ck"]), ["A"], ["precision"])
+    # every attack ok: ranked again
+    attacks["a-bad"]["attack_ok"] = True
+    table = leaderboard(long_table(summary, archs, attribution, forensics, costs, attacks), ["trntk", "ck"])
+    assert table.set_index("kernel").loc["ck", "A:precision_rank"] == 2
+
+
+def test_accuracy_note_names_each_twin_seed_and_a_failed_gate():
+    from ntkbench.stages.leaderboard import _accuracy_note
+
+    summary, *_ = _inputs()
+    attack = pd.DataFrame({"seed": [0, 1], "clean_acc": [0.9, 0.7], "attack_success_rate": [1.0, 0.95],
+                           "attack_ok": [True, False]})
+    note = _accuracy_note("A", {"experiment": "a", "badnet": "a-bad"}, summary, attack)
+    assert note.startswith("A (experiment a): network test accuracy 95.00 ± 0.50 % over 2 seeds; realisation R² of "
+                           "the logistic Φ; poisoned twin a-bad")
+    assert "seed 1 70.0 % clean / 95.0 % attack success" in note and "on seed(s) [1]" in note
+    assert "failed" not in _accuracy_note("A", {"experiment": "a", "badnet": "a-bad"}, summary, attack.iloc[:1])
+
+
+def test_at_a_glance_averages_over_architectures_and_compares_cost_with_the_reference():
+    summary, attribution, forensics, costs, archs = _inputs()
+    long = long_table(summary, archs, attribution, forensics, costs)
+    glance = at_a_glance(long, ["trntk", "ck"]).set_index("kernel")
+    assert glance.loc["ck", ["tau_mean", "tau_min", "tau_max"]].tolist() == pytest.approx([0.675, 0.6, 0.75])
+    assert glance.loc["trntk", "lds_mean"] == 0.3 and glance.loc["ck", "n_architectures"] == 2  # LDS of A only
+    assert glance.loc["ck", "cpu_vs_trntk_median"] == pytest.approx(1.5 / 10.5)
+    assert glance.loc["trntk", ["cpu_vs_trntk_min", "cpu_vs_trntk_max"]].tolist() == [1.0, 1.0]
+    assert at_a_glance(long, ["trntk", "ck"], reference="pntk")["cpu_vs_pntk_median"].isna().all()
+    text = leaderboard_markdown(leaderboard(long, ["trntk", "ck"]), ["A", "B"], ["tau"], glance=glance.reset_index())
+    assert "| ck | 2 | 0.68 (0.60 to 0.75) | 0.57 (0.50 to 0.65) | 0.20 (0.20 to 0.20) | 0.14× (0.14× to 0.14×) |" in text

@@ -46,7 +46,7 @@ def test_tiny_zoo_leaderboard_end_to_end(tmp_path):
     table = pd.read_csv(zoo / "leaderboard.csv")
     assert sorted(table["kernel"]) == ["ck", "trntk"]
     for arch in ("MLP", "ViT"):
-        for metric in ("tau", "tau_true_class", "tad", "r_miss", "r2_linear", "lds", "precision", "recall",
+        for metric in ("tau", "tau_true_class", "tad", "r_miss", "r2", "lds", "precision", "recall",
                        "kernel_cpu_s", "kernel_peak_mb"):
             assert f"{arch}:{metric}" in table and f"{arch}:{metric}_rank" in table, (arch, metric)
         assert table[f"{arch}:tau"].between(-1, 1).all() and table[f"{arch}:lds"].between(-1, 1).all()
@@ -61,6 +61,8 @@ def test_tiny_zoo_leaderboard_end_to_end(tmp_path):
     assert table.set_index("kernel").loc["trntk", "MLP:lds"] == pytest.approx(lds)
     text = (zoo / "leaderboard.md").read_text()
     assert "network test accuracy" in text and "zoo-vit-badnet" in text and "4 subset networks" in text
+    assert "% attack success" in text and "**At a glance**" in text
+    assert table["zoo:tau_mean"].between(-1, 1).all() and table.set_index("kernel").loc["trntk", "zoo:cpu_vs_trntk_median"] == 1.0
     for figure in ("heatmap.png", "pareto.png"):
         assert (zoo / figure).stat().st_size > 20_000
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from ntkbench.leaderboard import METRICS, leaderboard, leaderboard_markdown, long_table
+from ntkbench.leaderboard import METRICS, at_a_glance, leaderboard, leaderboard_markdown, long_table, realisation_choice
 from ntkbench.plots.leaderboard import plot_heatmaps, plot_pareto
 from ntkbench.stages.common import InputError, snakemake_field, write_csv
 from ntkbench.utils import atomic_write_text, get_logger
@@ -47,6 +47,29 @@ def read_kernel_costs(paths: Sequence[str | Path]) -> pd.DataFrame:
         wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"), peak_mb=("peak_mb", "max"))
 
 
+def _accuracy_note(arch: str, spec: Mapping[str, Any], summary: pd.DataFrame, attack: pd.DataFrame | None) -> str:
+    """The networks' test accuracies of one architecture, and its poisoned twin's per seed (clean
+    accuracy, attack success, whether its forensics are ranked)."""
+    rows = summary[(summary["experiment"] == spec["experiment"]) & (summary.get("variant", "default") == "default")]
+    acc, sem = rows["nn_test_acc"].iloc[0], rows.get("nn_test_acc_sem", pd.Series([float("nan")])).iloc[0]
+    seeds = int(rows["n_seeds"].iloc[0]) if "n_seeds" in rows else 0
+    text = f"{arch} (experiment {spec['experiment']}): network test accuracy {acc:.2f} ± {sem:.2f} % over {seeds} seeds"
+    phi = realisation_choice(rows)
+    if phi is not None:
+        text += f"; realisation R² of the {phi} Φ"
+    if not spec.get("badnet"):
+        return text
+    text += f"; poisoned twin {spec['badnet']}"
+    if attack is None:
+        return text
+    per_seed = ", ".join(f"seed {int(r.seed)} {100 * r.clean_acc:.1f} % clean / {100 * r.attack_success_rate:.1f} % "
+                         "attack success" for r in attack.itertuples())
+    failed = attack.loc[~attack["attack_ok"], "seed"].astype(int).tolist()
+    return text + f": {per_seed}" + (
+        f" — the backdoor failed its gate (forensics.min_clean_accuracy / min_attack_success) on seed(s) {failed}, "
+        "so its precision and recall are shown but not ranked" if failed else "")
+
+
 def _read_table(path: str | Path, required: Sequence[str]) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, keep_default_na=False, na_values=["", "NaN", "nan"])
@@ -61,12 +84,14 @@ def _read_table(path: str | Path, required: Sequence[str]) -> pd.DataFrame:
 @dataclass(frozen=True)
 class LeaderboardJob:
     """Inputs of the leaderboard job: the summary, the attribution table (or None), the
-    poisoned twins' forensics tables (keyed by twin experiment), the kernel jobs' benchmark
-    files, the ``leaderboard:`` settings and the kernels in display order; four outputs."""
+    poisoned twins' forensics and attack tables (keyed by twin experiment), the kernel jobs'
+    benchmark files, the ``leaderboard:`` settings and the kernels in display order; four
+    outputs."""
 
     summary_path: str | Path = snakemake_field("input.summary")
     attribution_path: str | Path | None = snakemake_field("input.attribution", convert=lambda v: v or None)
     forensics_paths: Mapping[str, str | Path] = snakemake_field("input.forensics", keyed_by="params.twins")
+    attack_paths: Mapping[str, str | Path] = snakemake_field("input.attacks", keyed_by="params.twins")
     cost_paths: Sequence[str | Path] = snakemake_field("input.costs", convert=list)
     settings: Mapping[str, Any] = snakemake_field("params.settings")
     kernels: Sequence[str] = snakemake_field("params.kernels", convert=list)
@@ -85,28 +110,31 @@ def leaderboard_stage(job: LeaderboardJob) -> pd.DataFrame:
         _read_table(job.attribution_path, ["experiment", "method", "kernel", "lds", "lds_sem"])
     forensics = {twin: _read_table(path, ["kernel", "precision", "recall", "precision_sem", "recall_sem"])
                  for twin, path in job.forensics_paths.items()}
+    attacks = {twin: _read_table(path, ["seed", "clean_acc", "attack_success_rate", "attack_ok"])
+               for twin, path in job.attack_paths.items()}
+    for twin, frame in attacks.items():
+        if frame["attack_ok"].dtype != bool:
+            raise InputError(f"{job.attack_paths[twin]}: column attack_ok is not boolean ({frame['attack_ok'].dtype})")
     costs = read_kernel_costs(job.cost_paths)
     try:
-        long = long_table(summary, architectures, attribution, forensics, costs)
+        long = long_table(summary, architectures, attribution, forensics, costs, attacks)
     except ValueError as err:
         raise InputError(f"{job.summary_path}: {err}") from err
     names = list(architectures)
     table = leaderboard(long, job.kernels)
-    notes = []
-    for arch, spec in architectures.items():
-        rows = summary[(summary["experiment"] == spec["experiment"]) & (summary.get("variant", "default") == "default")]
-        acc, sem, seeds = rows["nn_test_acc"].iloc[0], rows.get("nn_test_acc_sem", pd.Series([float("nan")])).iloc[0], \
-            int(rows["n_seeds"].iloc[0]) if "n_seeds" in rows else 0
-        notes.append(f"{arch} (experiment {spec['experiment']}): network test accuracy {acc:.2f} ± {sem:.2f} % over "
-                     f"{seeds} seeds" + (f"; poisoned twin {spec['badnet']}" if spec.get("badnet") else ""))
+    reference = job.settings.get("reference", "trntk")
+    glance = at_a_glance(long, job.kernels, reference)
+    table = table.merge(glance.set_index("kernel").add_prefix("zoo:"), left_on="kernel", right_index=True, how="left")
+    notes = [_accuracy_note(arch, spec, summary, attacks.get(spec.get("badnet"))) for arch, spec in architectures.items()]
     notes.append(f"LDS: the kGLM attribution of the first seed's network against {job.num_subsets} subset "
                  "networks (attribution.num_subsets); precision / recall: the poisoned twin's forensics flag (%).")
     notes.append("Rank: 1 + the number of kernels better by more than one SEM (so kernels within one SEM share a "
                  "rank); mean rank over every architecture and quality metric (τ, true-class τ, |TAD|, R_miss, "
-                 "R², LDS, precision, recall); cost rank: kernel job CPU time (its benchmark file).")
+                 "realisation R², LDS, precision, recall); cost rank: kernel job CPU time (its benchmark file).")
     write_csv(table, job.out_csv)
     metrics = [m for m in METRICS if m in set(long["metric"])]
-    atomic_write_text(job.out_markdown, "# Zoo leaderboard\n\n" + leaderboard_markdown(table, names, metrics, notes))
+    atomic_write_text(job.out_markdown, "# Zoo leaderboard\n\n" + leaderboard_markdown(table, names, metrics, notes,
+                                                                                  glance, reference))
     plot_heatmaps(long, job.kernels, names, job.out_heatmap)
     plot_pareto(long, job.kernels, names, job.out_pareto, cost_metric=job.settings.get("cost", "kernel_cpu_s"))
     log.info("leaderboard of %d kernels over %d architectures; best mean rank: %s", len(table), len(names),
