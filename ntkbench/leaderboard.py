@@ -103,7 +103,9 @@ def long_table(summary: pd.DataFrame, architectures: Mapping[str, Mapping[str, s
     name to ``{"experiment": <clean experiment>, "badnet": <its poisoned twin or None>}``;
     ``forensics`` maps a twin experiment to its forensics table and ``attacks`` to its attack
     table (one row per seed with a boolean ``attack_ok``): a twin whose attack failed on any
-    seed has its precision and recall rows ``ranked=False``; ``costs`` has columns experiment,
+    seed has its precision and recall rows ``ranked=False``, and so does the true-class τ of
+    an architecture where it equals the reference τ (every multi-class network), so that one
+    number is not ranked twice; ``costs`` has columns experiment,
     kernel, seed, wall_s, cpu_s, peak_mb (one row per kernel job)."""
     rows = []
 
@@ -117,9 +119,12 @@ def long_table(summary: pd.DataFrame, architectures: Mapping[str, Mapping[str, s
         if sub.empty:
             raise ValueError(f"the summary has no rows of experiment {exp!r} (architecture {arch!r})")
         phi = realisation_choice(sub)
+        # On C >= 2 outputs the reference τ is the true-class τ by definition: shown, ranked once
+        same_tau = bool(np.allclose(sub["tau"], sub["tau_true_class"], rtol=0, atol=1e-12, equal_nan=True))
         for r in sub.itertuples():
             for metric in ("tau", "tau_true_class", "tad", "r_miss"):
-                add(arch, r.kernel, metric, getattr(r, metric), getattr(r, f"{metric}_sem"))
+                add(arch, r.kernel, metric, getattr(r, metric), getattr(r, f"{metric}_sem"),
+                    not (same_tau and metric == "tau_true_class"))
             if phi is not None:
                 add(arch, r.kernel, "r2", getattr(r, f"r2_{phi}"), getattr(r, f"r2_{phi}_sem", np.nan))
         if attribution is not None:

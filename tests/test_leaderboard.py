@@ -55,6 +55,11 @@ def test_long_table_and_leaderboard_values_ranks_and_means(tmp_path):
     r2 = long[long.metric == "r2"].set_index(["architecture", "kernel"])
     assert r2.loc[("A", "ck"), "mean"] == 0.2 and r2.loc[("A", "ck"), "sem"] == 0.02
     assert r2.loc[("B", "ck"), "mean"] == -0.5 and table.loc["trntk", "A:r2_rank"] == 1
+    # a true-class τ equal to the reference τ is not ranked a second time
+    summary.loc[summary.experiment == "b", "tau_true_class"] = summary.loc[summary.experiment == "b", "tau"]
+    table_b = leaderboard(long_table(summary, archs, attribution, forensics, costs), ["trntk", "ck"]).set_index("kernel")
+    assert np.isnan(table_b.loc["ck", "B:tau_true_class_rank"]) and table_b.loc["ck", "A:tau_true_class_rank"] == 2
+    assert table_b.loc["ck", "B:tau_true_class"] == 0.75
     quality = long[long.metric.isin(["tau", "tau_true_class", "tad", "r_miss", "r2", "lds", "precision",
                                      "recall"])]
     assert quality.groupby("kernel").size()["trntk"] == 13  # 5 summary metrics x 2 + LDS + precision + recall

@@ -130,7 +130,9 @@ def leaderboard_stage(job: LeaderboardJob) -> pd.DataFrame:
                  "networks (attribution.num_subsets); precision / recall: the poisoned twin's forensics flag (%).")
     notes.append("Rank: 1 + the number of kernels better by more than one SEM (so kernels within one SEM share a "
                  "rank); mean rank over every architecture and quality metric (τ, true-class τ, |TAD|, R_miss, "
-                 "realisation R², LDS, precision, recall); cost rank: kernel job CPU time (its benchmark file).")
+                 "realisation R², LDS, precision, recall); cost rank: kernel job CPU time (its benchmark file). Where "
+                 "the true-class τ equals the reference τ (multi-class networks: the reference τ ranks true-class "
+                 "probabilities) it is shown without a rank, so τ counts once.")
     write_csv(table, job.out_csv)
     metrics = [m for m in METRICS if m in set(long["metric"])]
     atomic_write_text(job.out_markdown, "# Zoo leaderboard\n\n" + leaderboard_markdown(table, names, metrics, notes,
