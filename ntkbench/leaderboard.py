@@ -49,7 +49,7 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "tau": Metric("τ", True),
     "tau_true_class": Metric("τ true class", True),
-    "tad": Metric("|TAD| (points)", False, absolute=True),
+    "tad": Metric("TAD (points; ranked by |TAD|)", False, absolute=True),
     "r_miss": Metric("R_miss", True),
     "r2": Metric("realisation R² (best Φ)", True),
     "lds": Metric("LDS", True),
