@@ -32,9 +32,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["Metric", "METRICS", "QUALITY_METRICS", "REALISATION_PHIS", "rank_within_sem", "realisation_choice",
-           "long_table", "leaderboard",
-           "at_a_glance", "leaderboard_markdown"]
+__all__ = ["Metric", "METRICS", "QUALITY_METRICS", "REALISATION_PHIS", "rank_within_sem", "experiment_rows",
+           "realisation_choice", "long_table", "leaderboard", "at_a_glance", "leaderboard_markdown"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +81,11 @@ def rank_within_sem(mean: ArrayLike, sem: ArrayLike, higher_is_better: bool = Tr
     return ranks
 
 
+def experiment_rows(summary: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """The summary's rows of ``experiment`` (its default variant: one row per kernel)."""
+    return summary[(summary["experiment"] == experiment) & (summary.get("variant", "default") == "default")]
+
+
 def realisation_choice(rows: pd.DataFrame) -> str | None:
     """The Φ (of :data:`REALISATION_PHIS` with a column ``r2_<Φ>`` in ``rows``, one
     architecture's summary rows) with the highest mean R² over the rows' kernels; None if no
@@ -115,7 +119,7 @@ def long_table(summary: pd.DataFrame, architectures: Mapping[str, Mapping[str, s
 
     for arch, spec in architectures.items():
         exp = spec["experiment"]
-        sub = summary[(summary["experiment"] == exp) & (summary.get("variant", "default") == "default")]
+        sub = experiment_rows(summary, exp)
         if sub.empty:
             raise ValueError(f"the summary has no rows of experiment {exp!r} (architecture {arch!r})")
         phi = realisation_choice(sub)

@@ -9,7 +9,8 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from ntkbench.leaderboard import METRICS, at_a_glance, leaderboard, leaderboard_markdown, long_table, realisation_choice
+from ntkbench.leaderboard import (METRICS, at_a_glance, experiment_rows, leaderboard, leaderboard_markdown,
+                                  long_table, realisation_choice)
 from ntkbench.plots.leaderboard import plot_heatmaps, plot_pareto
 from ntkbench.stages.common import InputError, snakemake_field, write_csv
 from ntkbench.utils import atomic_write_text, get_logger
@@ -50,7 +51,7 @@ def read_kernel_costs(paths: Sequence[str | Path]) -> pd.DataFrame:
 def _accuracy_note(arch: str, spec: Mapping[str, Any], summary: pd.DataFrame, attack: pd.DataFrame | None) -> str:
     """The networks' test accuracies of one architecture, and its poisoned twin's per seed (clean
     accuracy, attack success, whether its forensics are ranked)."""
-    rows = summary[(summary["experiment"] == spec["experiment"]) & (summary.get("variant", "default") == "default")]
+    rows = experiment_rows(summary, spec["experiment"])
     acc, sem = rows["nn_test_acc"].iloc[0], rows.get("nn_test_acc_sem", pd.Series([float("nan")])).iloc[0]
     seeds = int(rows["n_seeds"].iloc[0]) if "n_seeds" in rows else 0
     text = f"{arch} (experiment {spec['experiment']}): network test accuracy {acc:.2f} ± {sem:.2f} % over {seeds} seeds"
@@ -122,7 +123,7 @@ def leaderboard_stage(job: LeaderboardJob) -> pd.DataFrame:
         raise InputError(f"{job.summary_path}: {err}") from err
     names = list(architectures)
     table = leaderboard(long, job.kernels)
-    reference = job.settings.get("reference", "trntk")
+    reference = job.settings["reference"]  # default in the config schema
     glance = at_a_glance(long, job.kernels, reference)
     table = table.merge(glance.set_index("kernel").add_prefix("zoo:"), left_on="kernel", right_index=True, how="left")
     notes = [_accuracy_note(arch, spec, summary, attacks.get(spec.get("badnet"))) for arch, spec in architectures.items()]
