@@ -79,7 +79,8 @@ _VERIFY_SAMPLES = 13
 # at small N (quick checks, N = 50) a separate check on 13 samples was a third of the time.
 _VERIFY_WHOLE_BATCH = 64
 
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_NORMS = (nn.LayerNorm, nn.GroupNorm) + _BATCH_NORMS
 _FAST_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding) + _NORMS
 
 
@@ -92,7 +93,7 @@ def _fast_eligible(module: nn.Module) -> bool:
         return module.padding_mode == "zeros" and not isinstance(module.padding, str)
     if kind is nn.Embedding:
         return module.max_norm is None and not module.scale_grad_by_freq
-    if kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+    if kind in _BATCH_NORMS:
         return module.track_running_stats and module.running_mean is not None
     return True
 
@@ -183,6 +184,24 @@ def _grouped_conv_grad(mod: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> 
     if mod.bias is None:
         return g
     return torch.cat([g, d.sum(-1).reshape(C, B, Cout).transpose(0, 1)], dim=2)
+
+
+def _affine_batch_norm(mod: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An eval-mode BatchNorm's forward as the per-channel affine map it is, x * s + t.
+
+    Its backward, run once per class, is then one multiplication by s: the native eval-mode
+    batch-norm backward took 1.4 ms per call on a (50, 8, 28, 28) input (a fifth of the
+    kernel's time on cnn-bn-pool-8-16 at N = 50). The parameters are read at call time, so
+    under functional_call they are the engine's tensors, and the weight and bias gradients
+    of the autograd cross-check flow through s and t.
+    """
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        scale = mod.weight * torch.rsqrt(mod.running_var + mod.eps)
+        shift = mod.bias - mod.running_mean * scale
+        return torch.addcmul(shift.view(shape), x, scale.view(shape))
+
+    return forward
 
 
 def _norm_inputs(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -417,11 +436,17 @@ class GradientEngine:
         for fm in self.fast.values():
             fm.calls.clear()
         handles = [fm.module.register_forward_hook(self._hook(fm)) for fm in self.fast.values()]
+        affine = [fm.module for fm in self.fast.values()
+                  if isinstance(fm.module, _BATCH_NORMS) and not fm.module.training]
+        for mod in affine:
+            mod.forward = _affine_batch_norm(mod)  # an instance attribute: shadows the class's
         try:
             return checked_forward(self.model, xb, self._call)
         finally:
             for h in handles:
                 h.remove()
+            for mod in affine:
+                del mod.forward
 
     def _call(self, x: torch.Tensor):
         """The model on ``x`` with the engine's functional state (parameters and buffers)."""
