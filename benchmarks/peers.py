@@ -52,7 +52,9 @@ peak resident memory (ru_maxrss) and that after loading model and data are recor
 that fails (killed over ``--mem-limit-gb``, an exception, over ``--time-limit`` seconds, or
 predicted to: its memory lower bound over the limit, or its time at the previous N scaled by
 N^2 over the limit) is not run at larger N. Writes ``--csv`` and ``--figure`` (time and peak
-memory growth against N, log-log, one line per method, a cross where it failed).
+memory growth against N, log-log, one line per method, a cross where it failed). ``--plot
+a.csv,b.csv --figure f.png`` draws one figure from the CSVs of several such runs (one run per
+member, each restartable on its own).
 
 Install the peers (benchmarks/README.md, section `peers.py`, says the same):
 
@@ -69,6 +71,7 @@ Run:
     python benchmarks/peers.py --members mlp-d3-w100 --n 16 --repeat 1 --peers ntkbench,jacrev,ntvp
     python benchmarks/peers.py --scale --nt-python /tmp/ntvenv/bin/python --csv benchmarks/runs/peers_scale.csv \\
         --figure benchmarks/runs/peers_scale.png
+    python benchmarks/peers.py --plot runs/scale_mlp.csv,runs/scale_cnn.csv --figure runs/scale.png --time-limit 600
 """
 from __future__ import annotations
 
@@ -87,6 +90,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -780,6 +784,31 @@ def plot_scale(rows: list[dict], path: str, env: Env) -> None:
     plt.close(fig)
 
 
+def replot(args) -> int:
+    """The scale figure from the CSV files of one or more ``--scale`` runs (a run per member
+    keeps each one restartable); limits and threads as those runs recorded them."""
+    if not args.figure:
+        raise SystemExit("--plot needs --figure")
+    rows: list[dict] = []
+    for path in args.plot.split(","):
+        with open(path, newline="") as fh:
+            for r in csv.DictReader(fh):
+                for key in ("N", "P", "threads"):
+                    r[key] = int(r[key])
+                for key in ("seconds", "compile_s", "peak_mb", "base_mb", "growth_mb", "load"):
+                    r[key] = float(r[key]) if r[key] not in ("", "nan") else math.nan
+                rows.append(r)
+    if not rows:
+        raise SystemExit(f"no rows in {args.plot}")
+    threads = sorted({r["threads"] for r in rows})
+    if len(threads) > 1:
+        raise SystemExit(f"{args.plot}: runs with different thread counts ({threads}) do not share a figure")
+    env = SimpleNamespace(time_limit=args.time_limit, mem_limit_mb=args.mem_limit_gb * 1024, threads=threads[0])
+    plot_scale(rows, args.figure, env)
+    print(f"wrote {args.figure} ({len(rows)} rows)")
+    return 0
+
+
 # -- main -----------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -805,11 +834,15 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=1024, help="compute_to_hdf5's block_size (--scale)")
     parser.add_argument("--csv", default=None, help="--scale: rows as CSV")
     parser.add_argument("--figure", default=None, help="--scale: time and memory against N (PNG/PDF)")
+    parser.add_argument("--plot", default=None, help="draw --figure from these --csv files of earlier --scale runs "
+                        "(comma-separated: one figure, a row per member) and exit")
     parser.add_argument("--scratch", default=None, help="directory for exchange files and HDF5 kernels "
                         "(default: a temporary directory)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plot:
+        return replot(args)
     if args.worker:
         args.threads = args.threads or len(os.sched_getaffinity(0))
         return worker_main(args)

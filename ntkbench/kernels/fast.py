@@ -606,9 +606,9 @@ class GradientEngine:
         if verify:
             expected = dict(zip(pnames, grads[pos:]))
             for fm in live:
-                got = _batch_sum(reps[fm.name], self.params, weights)
+                got = _batch_sum(reps[fm.name], weights, class_weights)
                 for pname in fm.params:
-                    mixed = torch.tensordot(class_weights, got[pname], dims=1)  # sum_c' v_c' (...)
+                    mixed = got[pname]
                     exp = expected[pname]
                     exp = torch.zeros_like(mixed) if exp is None else exp.reshape(mixed.shape)
                     err = (mixed - exp).norm()
@@ -747,34 +747,46 @@ def _verify_weights(B: int, dtype: torch.dtype, device: torch.device) -> torch.T
     return (torch.arange(B, dtype=torch.float64) * 0.6180339887498949 % 1.0 + 0.5).to(dtype=dtype, device=device)
 
 
-def _batch_sum(rep: GradRep, params: dict[str, torch.Tensor], w: torch.Tensor) -> dict[str, torch.Tensor]:
-    """sum_b w_b g_b^c per parameter, shaped (C, *param.shape), for the autograd cross-check."""
+def _batch_sum(rep: GradRep, w: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+    """sum_b w_b sum_c v_c g_b^c per parameter, shaped like the parameter: the factorised side
+    of the autograd cross-check.
+
+    The classes are mixed before any outer product: a (B, L, dout) mix of the output gradients,
+    then one (din x B L) @ (B L x dout) product per layer. Summing per class first and mixing
+    after formed C times the weight-sized products: 90 % of an MLP's kernel time at N = 50
+    (mlp-d1-w512, 35 of 38 ms).
+    """
     if isinstance(rep, DenseGrad):
-        # Weighted sum in the stored order, then only the (C, p) sum put in layout order: never
+        # Weighted sum in the stored order, then only the (p,) sum put in layout order: never
         # a copy of the (B, C, p) gradients (for a ResNet at N = 50, that copy was 40% of the
         # kernel's time).
         g = rep.g
         storage = g.transpose(0, 1)  # (C, B, p), contiguous when class-major
-        total = torch.matmul(w, storage) if storage.is_contiguous() else torch.tensordot(w, g, dims=1)
-        total = DenseGrad(total.unsqueeze(0), rep.layout, rep.augmented, rep.transposed).canonical()[0]
+        if storage.is_contiguous():
+            total = (v.view(-1, 1) * w.view(1, -1)).reshape(1, -1) @ storage.reshape(-1, g.shape[2])
+        elif g.is_contiguous():
+            total = (w.view(-1, 1) * v.view(1, -1)).reshape(1, -1) @ g.reshape(-1, g.shape[2])
+        else:
+            total = torch.einsum("b,c,bcp->p", w, v, g).unsqueeze(0)
+        total = DenseGrad(total.unsqueeze(0), rep.layout, rep.augmented, rep.transposed).canonical()[0, 0]
         out, offset = {}, 0
         for name, shape in rep.layout:
             size = math.prod(shape)
-            out[name] = total[:, offset : offset + size].reshape((-1,) + shape)
+            out[name] = total[offset : offset + size].reshape(shape)
             offset += size
         return out
-    C = rep.num_classes
+    B, _, L, dout = rep.d.shape
     wname, wshape = rep.weight
+    d = torch.einsum("c,bclo->blo", v, rep.d) * w.view(B, 1, 1)  # (B, L, dout)
     if rep.idx is not None:
-        table = torch.zeros(C, rep.din, rep.dout, dtype=rep.d.dtype, device=rep.d.device)
-        src = (rep.d * w.view(-1, 1, 1, 1)).permute(1, 0, 2, 3).reshape(C, -1, rep.dout)
-        table.index_add_(1, rep.idx.reshape(-1), src)
+        table = torch.zeros(rep.din, dout, dtype=d.dtype, device=d.device)
+        table.index_add_(0, rep.idx.reshape(-1), d.reshape(-1, dout))
         return {wname: table}
-    full = torch.einsum("b,bli,bclo->coi", w, rep.a, rep.d)
+    full = d.reshape(B * L, dout).T @ rep.a.reshape(B * L, -1)  # (dout, din)
     out = {}
     if rep.bias is not None:
-        out[wname] = full[..., :-1].reshape((C,) + wshape)
-        out[rep.bias] = full[..., -1]
+        out[wname] = full[:, :-1].reshape(wshape)
+        out[rep.bias] = full[:, -1]
     else:
-        out[wname] = full.reshape((C,) + wshape)
+        out[wname] = full.reshape(wshape)
     return out
