@@ -98,7 +98,8 @@ from peers_nt import maxrss_mb, rss_mb, serve  # noqa: E402 - this directory's; 
 PEERS = ("ntkbench", "nt1", "nt2", "nt3", "nngeometry", "jacrev", "ntvp")
 NT_METHODS = ("nt1", "nt2", "nt3")
 SCALE_MEMBERS = ("mlp-d3-w100", "cnn-narrow-8-16-strided", "resnet-16-32-64-bn")
-LABELS = {"ntkbench": "ntkbench", "ntkbench-hdf5": "ntkbench (HDF5, cache 0)", "nt1": "NT jac. contraction",
+LABELS = {"ntkbench": "ntkbench", "ntkbench-hdf5": "ntkbench (HDF5, cache 0)",
+          "ntkbench-hdf5-b256": "ntkbench (HDF5, cache 0, block 256)", "nt1": "NT jac. contraction",
           "nt2": "NT NTK-vector products", "nt3": "NT structured", "nngeometry": "nngeometry",
           "jacrev": "vmap(jacrev)", "ntvp": "torch.func NTK-vp"}
 
@@ -748,6 +749,13 @@ def plot_scale(rows: list[dict], path: str, env: Env) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    def label_2s_and_5s(v: float, _pos) -> str:
+        mantissa = v / 10 ** math.floor(math.log10(v)) if v > 0 else 0
+        return f"{v:g}" if round(mantissa) in (2, 5) and abs(mantissa - round(mantissa)) < 1e-6 else ""
+
+    minor = FuncFormatter(label_2s_and_5s)
 
     members = list(dict.fromkeys(r["member"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -762,9 +770,8 @@ def plot_scale(rows: list[dict], path: str, env: Env) -> None:
                 ax = axes[i][j]
                 if ok:
                     ax.plot([r["N"] for r in ok], [r[key] for r in ok], "o-", color=colors[m], label=LABELS.get(m, m))
-                for r in bad:
-                    y = r[key] if not math.isnan(r[key]) and r[key] > 0 else limit
-                    ax.plot([r["N"]], [y], "x", color=colors[m], markersize=10, mew=2,
+                for r in bad:  # on the limit line: what it reached before failing is not a result
+                    ax.plot([r["N"]], [limit], "x", color=colors[m], markersize=10, mew=2,
                             label=None if ok else LABELS.get(m, m))
         for j, (title, unit) in enumerate((("time", "seconds"), ("peak memory growth", "MB"))):
             ax = axes[i][j]
@@ -774,11 +781,13 @@ def plot_scale(rows: list[dict], path: str, env: Env) -> None:
             ax.set_ylabel(unit)
             ax.set_title(f"{name}: {title} (exact trntk0)")
             ax.grid(True, which="both", alpha=0.3)
+            ax.xaxis.set_minor_formatter(minor)  # every minor label (2x10^2, 3x10^2, ...) ran together
+            ax.yaxis.set_minor_formatter(minor)
         axes[i][0].axhline(env.time_limit, color="grey", ls=":", lw=1)
         axes[i][1].axhline(env.mem_limit_mb, color="grey", ls=":", lw=1)
         axes[i][1].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"x: failed there (out of memory > {env.mem_limit_mb / 1024:g} GB, over {env.time_limit:.0f} s, "
-                 f"error, or predicted); {env.threads} threads", fontsize=9)
+    fig.suptitle(f"x on the dotted limit line: failed at that N (out of memory > {env.mem_limit_mb / 1024:g} GB, "
+                 f"over {env.time_limit:.0f} s, error, or predicted); {env.threads} threads", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ _BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 def _load(name: str, alias: str):
     spec = importlib.util.spec_from_file_location(alias, _BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[alias] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -92,3 +94,35 @@ def test_port_imports_neither_jax_nor_torch_at_module_level():
     text = (_BENCH / "family_port.py").read_text()
     top = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
     assert not [line for line in top if "torch" in line or "jax" in line], top
+
+
+def _scale_csv(path, member: str, threads: int = 2) -> None:
+    rows = [
+        "member,method,N,P,status,seconds,compile_s,peak_mb,base_mb,growth_mb,load,threads,message",
+        f"{member},ntkbench,250,100,ok,0.5,nan,900,400,500,1.0,{threads},",
+        f"{member},jacrev,250,100,ok,2.0,nan,1400,400,1000,1.0,{threads},",
+        f"{member},jacrev,1000,100,failed-oom,3.0,nan,20500,400,20100,1.0,{threads},killed",
+    ]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_scale_replot_merges_runs(tmp_path, monkeypatch):
+    """``peers.py --plot a.csv,b.csv`` draws one figure from several --scale runs, with the
+    numbers typed back (NaN where a run recorded none) and the runs' thread count."""
+    import argparse
+
+    peers = _load("peers", "ntkbench_bench_peers")
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    _scale_csv(a, "mlp")
+    _scale_csv(b, "cnn")
+    seen = {}
+    monkeypatch.setattr(peers, "plot_scale", lambda rows, path, env: seen.update(rows=rows, path=path, env=env))
+    args = argparse.Namespace(plot=f"{a},{b}", figure=str(tmp_path / "f.png"), time_limit=600.0, mem_limit_gb=20.0)
+    assert peers.replot(args) == 0
+    rows = seen["rows"]
+    assert [r["member"] for r in rows] == ["mlp"] * 3 + ["cnn"] * 3
+    assert rows[2]["N"] == 1000 and rows[2]["growth_mb"] == 20100.0 and np.isnan(rows[0]["compile_s"])
+    assert seen["env"].threads == 2 and seen["env"].mem_limit_mb == 20.0 * 1024
+    _scale_csv(b, "cnn", threads=1)
+    with pytest.raises(SystemExit, match="different thread counts"):
+        peers.replot(args)
