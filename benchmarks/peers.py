@@ -749,13 +749,8 @@ def plot_scale(rows: list[dict], path: str, env: Env) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
 
-    def label_2s_and_5s(v: float, _pos) -> str:
-        mantissa = v / 10 ** math.floor(math.log10(v)) if v > 0 else 0
-        return f"{v:g}" if round(mantissa) in (2, 5) and abs(mantissa - round(mantissa)) < 1e-6 else ""
-
-    minor = FuncFormatter(label_2s_and_5s)
+    from ntkbench.plots import log_minor_labels
 
     members = list(dict.fromkeys(r["member"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -781,8 +776,8 @@ def plot_scale(rows: list[dict], path: str, env: Env) -> None:
             ax.set_ylabel(unit)
             ax.set_title(f"{name}: {title} (exact trntk0)")
             ax.grid(True, which="both", alpha=0.3)
-            ax.xaxis.set_minor_formatter(minor)  # every minor label (2x10^2, 3x10^2, ...) ran together
-            ax.yaxis.set_minor_formatter(minor)
+            ax.xaxis.set_minor_formatter(log_minor_labels())
+            ax.yaxis.set_minor_formatter(log_minor_labels())
         axes[i][0].axhline(env.time_limit, color="grey", ls=":", lw=1)
         axes[i][1].axhline(env.mem_limit_mb, color="grey", ls=":", lw=1)
         axes[i][1].legend(fontsize=7, loc="upper left")

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ntkbench.plots import plt, save_figure
+from ntkbench.plots import log_minor_labels, plt, save_figure
 
 __all__ = ["plot_heatmaps", "plot_pareto", "pareto_front"]
 
@@ -93,9 +93,7 @@ def plot_pareto(long: pd.DataFrame, kernels: Sequence[str], architectures: Seque
         ax.plot(cost[front][order], tau[front][order], color="grey", linewidth=0.8, linestyle="--", zorder=0)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(plt.matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    # label the 2s and 5s between decades only (every minor tick crowds the decade labels)
-    ax.xaxis.set_minor_formatter(plt.matplotlib.ticker.FuncFormatter(
-        lambda v, _: f"{v:g}" if round(v / 10 ** np.floor(np.log10(v))) in (2, 5) else ""))
+    ax.xaxis.set_minor_formatter(log_minor_labels())
     ax.set_xlabel(f"kernel job {'CPU' if cost_metric == 'kernel_cpu_s' else 'wall'} time, s (log scale; mean over seeds)")
     ax.set_ylabel("faithfulness τ (NN vs kGLM, test set)")
     ax.grid(alpha=0.3, which="both")
