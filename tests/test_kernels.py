@@ -317,6 +317,23 @@ def test_resnet_kernel_two_threads():
     assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr[-2000:]
 
 
+def test_feature_cache_follows_the_jobs_memory(monkeypatch):
+    """The in-memory path keeps a quarter of the job's memory (SLURM's or the cgroup's limit
+    where lower than the machine's), never less than 2 GiB; CACHE_BYTES overrides it."""
+    from ntkbench.kernels import engine, memory
+
+    monkeypatch.delenv("SLURM_MEM_PER_NODE", raising=False)
+    machine = memory.allocated_memory()
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "4096")  # MB
+    assert memory.allocated_memory() == min(machine, 4096 << 20)
+    assert memory.feature_cache_bytes() == 2 << 30
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", str(1 << 20))  # 1 TB: the machine's memory decides
+    assert memory.allocated_memory() == machine
+    assert engine.cache_bytes() == max(2 << 30, machine // 4)
+    monkeypatch.setattr(engine, "CACHE_BYTES", 123)
+    assert engine.cache_bytes() == 123
+
+
 @pytest.mark.parametrize("kernel,stride,padding,dilation", [
     ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 2), (2, 1), (0, 1), (1, 2)), ((1, 1), (2, 2), (0, 0), (1, 1)),
     ((5, 5), (3, 2), (2, 1), (2, 1)),
@@ -335,6 +352,9 @@ def test_conv_patches_equal_unfold(kernel, stride, padding, dilation, channels_l
     assert got.shape == want.shape[:2] + (want.shape[2] + 1,)
     assert torch.equal(got[..., :-1], want)
     assert torch.equal(got[..., -1], torch.ones(got.shape[:2]))
+    # The copies run along the input's contiguous dimension: a channels-last input fills
+    # (B, L, width) rows, a channels-first one (B, width, L) storage, seen transposed.
+    assert (got.stride(2) == 1) == channels_last
     x1 = x[:, :, 0]
     got1 = _patches(x1, kernel[1:], stride[1:], padding[1:], dilation[1:])
     want1 = F.unfold(x1.unsqueeze(2), (1,) + kernel[1:], dilation=(1,) + dilation[1:], padding=(0,) + padding[1:],

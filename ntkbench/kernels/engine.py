@@ -32,6 +32,7 @@ from .fast import GradientEngine, Impl
 from .forward import checked_forward
 from .generic import class_scale, functional_state
 from .inputs import cast_input, iter_batches
+from .memory import feature_cache_bytes
 from .projection import (
     GENERATOR, KRONECKER_ESTIMATOR, PROJ_TYPES, Projector, default_cache_bytes, make_projector,
 )
@@ -69,9 +70,9 @@ NORMALISED_KINDS = tuple(k for k, v in kind_registry.KINDS.items() if v.normalis
 # Half precision is refused (see KernelOptions): silently overflowing kernels are worse than none.
 HALF_DTYPES = ("float16", "bfloat16")
 
-# Feature representations up to this size are kept in memory and contracted in one go.
-CACHE_BYTES = 2 << 30
-"""Bytes of feature representations kept in memory and contracted in one go (2 GiB)."""
+CACHE_BYTES: int | None = None
+"""Bytes of feature representations kept in memory and contracted in one go; None (the
+default): a quarter of the job's memory, at least 2 GiB (:func:`.memory.feature_cache_bytes`)."""
 _LOG = get_logger(__name__)
 
 
@@ -310,14 +311,19 @@ def reps_nbytes(reps: dict[str, list[GradRep]]) -> int:
 Blocks = list[dict[str, list[GradRep]]]
 
 
+def cache_bytes() -> int:
+    """The budget for the representations of all samples (``CACHE_BYTES`` where set)."""
+    return feature_cache_bytes() if CACHE_BYTES is None else CACHE_BYTES
+
+
 def all_reps(source: FeatureSource, data: torch.Tensor, step: int, device, dtype) -> Blocks | None:
     """Representations of every sample as a list of per-batch blocks (never concatenated:
     copying materialised gradients costs as much as a good part of contracting them), or
-    None when they would exceed ``CACHE_BYTES``."""
+    None when they would exceed :func:`cache_bytes`."""
     blocks = []
     for start, chunk in iter_batches(data, step):
         blocks.append(source.reps(cast_input(chunk, device, dtype)))
-        if start == 0 and reps_nbytes(blocks[0]) * math.ceil(data.shape[0] / step) > CACHE_BYTES:
+        if start == 0 and reps_nbytes(blocks[0]) * math.ceil(data.shape[0] / step) > cache_bytes():
             return None
     return blocks
 
@@ -380,7 +386,7 @@ def kernel_in_memory(source: FeatureSource, opts: KernelOptions, X: torch.Tensor
             total = d.clone() if total is None else total + d
         return kernel, total, None
     if ry is None:
-        _LOG.info("features of %d samples exceed the %d MB cache; recomputing them per row block", Y.shape[0], CACHE_BYTES >> 20)
+        _LOG.info("features of %d samples exceed the %d MB cache; recomputing them per row block", Y.shape[0], cache_bytes() >> 20)
     rows, diag_x, diag_y = [], [], []
     for _, xb in iter_batches(X, step):
         rx = source.reps(cast_input(xb, device, dtype))

@@ -72,12 +72,10 @@ class Impl(str, enum.Enum):
 
 IMPLS = tuple(i.value for i in Impl)
 _LOG = get_logger(__name__)
-# Samples of the first batch on which the fast path is cross-checked. Prime, so that it is
-# unlikely to equal a sequence length (an unbatched input of that length would look batched).
+# Samples of the first batch on which the fast path is cross-checked (GradientEngine._reference).
+# Prime, so that it is unlikely to equal a sequence length (an unbatched input of that length
+# would look batched).
 _VERIFY_SAMPLES = 13
-# A first batch this small is cross-checked whole and its checked representations are kept:
-# at small N (quick checks, N = 50) a separate check on 13 samples was a third of the time.
-_VERIFY_WHOLE_BATCH = 64
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _NORMS = (nn.LayerNorm, nn.GroupNorm) + _BATCH_NORMS
@@ -115,8 +113,19 @@ class _FastModule:
     calls: list[_Call] = field(default_factory=list)
     # Whether the module's input lacks the batch dimension (e.g. a positional embedding of
     # arange(T) broadcast over the batch later); decided once, at verification (see
-    # GradientEngine._plain_forward), or else by the module's first hooked call.
+    # GradientEngine._reference), or else by the module's first hooked call.
     unbatched: bool | None = None
+
+
+@dataclass
+class _Reference:
+    """The model's own results on the reference samples (see GradientEngine._reference)."""
+
+    logits: torch.Tensor  # (R, C)
+    expected: dict[str, torch.Tensor | None]  # parameter -> autograd's gradient of the weighted sum
+    weights: torch.Tensor  # (R,) sample weights
+    class_weights: torch.Tensor  # (C',) class weights
+    probed: set[str]  # modules whose batchedness the reference passes decided
 
 
 def _linear_inputs(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -130,9 +139,13 @@ def _patches(x: torch.Tensor, kernel, stride, padding, dilation, ones_column: bo
     """Conv patches (B, L, Cin * prod(kernel)) in the weight's (Cin, k...) column order,
     with ``ones_column`` followed by a constant 1 (the bias's input).
 
-    One strided copy per kernel offset, each moving whole (B, out..., Cin) slabs; 1.3-4x
-    faster on CPU than copying the 2d-dimensional window view at once (and much faster than
-    ``F.unfold``), most for few input channels and channels-last inputs.
+    One strided copy per kernel offset (much faster on CPU than ``F.unfold``), in whichever
+    order keeps both sides of the copy running along the input's contiguous dimension:
+    channels-first inputs fill (B, Cin, k, L) storage (each tap moves whole output rows) and
+    come back as a transposed view; channels-last inputs fill (B, L, Cin, k) storage (each tap
+    moves (B, out..., Cin) slabs). Filling (B, L, ...) from a channels-first input strides
+    both sides: 21 ms against 3.4 ms for a ResNet's 16-channel 3x3 conv on 32x32 inputs at
+    B = 50. The consumers take either layout (batched matmuls accept transposed operands).
     """
     dims = len(kernel)
     pad = []
@@ -143,11 +156,21 @@ def _patches(x: torch.Tensor, kernel, stride, padding, dilation, ones_column: bo
     sizes = [(x.shape[2 + i] - (kernel[i] - 1) * dilation[i] - 1) // stride[i] + 1 for i in range(dims)]
     taps = math.prod(kernel)
     width = Cin * taps
+    offsets = itertools.product(*(range(k) for k in kernel))
+    windows = [tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in zip(offset, dilation, stride, sizes))
+               for offset in offsets]
+    if x.stride(1) > x.stride(-1) or Cin == 1:  # channels first
+        out = x.new_empty((B, width + int(ones_column), math.prod(sizes)))
+        cols = out[:, :width].view(B, Cin, taps, *sizes)
+        for tap, window in enumerate(windows):
+            cols[:, :, tap].copy_(x[(slice(None), slice(None)) + window])
+        if ones_column:
+            out[:, -1] = 1.0
+        return out.transpose(1, 2)
     out = x.new_empty((B, math.prod(sizes), width + int(ones_column)))
     cols = out[..., :width].view(B, *sizes, Cin, taps)
     x = x.movedim(1, -1)  # (B, spatial..., Cin): a view
-    for tap, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
-        window = tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in zip(offset, dilation, stride, sizes))
+    for tap, window in enumerate(windows):
         cols[..., tap].copy_(x[(slice(None),) + window])
     if ones_column:
         out[..., -1] = 1.0
@@ -214,19 +237,21 @@ def _norm_inputs(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (x - mod.running_mean.view(shape)) / torch.sqrt(mod.running_var.view(shape) + mod.eps)
 
 
-def _norm_grad(mod: nn.Module, delta: torch.Tensor, xhat: torch.Tensor) -> torch.Tensor:
+def _norm_grad(mod: nn.Module, delta: torch.Tensor, xhat: torch.Tensor, buf: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample gradients (C, B, p) of a norm layer's [weight | bias], from its output
     gradients ``delta`` (C, B, *shape) and normalised inputs ``xhat`` (B, *shape): the
     products summed over positions (channel norms: every dim after the channel; LayerNorm:
     every dim before the normalised ones). Reduces over those dims in place, so a
-    channels-last ``delta`` is never copied to another layout."""
+    channels-last ``delta`` is never copied to another layout. ``buf``, shaped like
+    ``delta``, takes the elementwise products (a sink reuses it for every class)."""
     C, B = delta.shape[:2]
     if isinstance(mod, nn.LayerNorm):
         dims = tuple(range(2, delta.dim() - len(mod.normalized_shape)))
     else:
         dims = tuple(range(3, delta.dim()))
     # sum over an empty dim list would reduce over every dim
-    prod = (delta * xhat).sum(dims) if dims else delta * xhat
+    prod = torch.mul(delta, xhat, out=buf) if buf is not None else delta * xhat
+    prod = prod.sum(dims) if dims else prod
     parts = [prod.reshape(C, B, -1)]
     if getattr(mod, "bias", None) is not None:
         parts.append((delta.sum(dims) if dims else delta).reshape(C, B, -1))
@@ -312,11 +337,17 @@ class _NormSink(_ClassSink):
 
     def __init__(self, mod: nn.Module, xhat: torch.Tensor, C: int, layout: list) -> None:
         self.mod, self.xhat, self.layout = mod, xhat, layout
+        self.buf: torch.Tensor | None = None
         p = sum(math.prod(shape) for _, shape in layout)
         super().__init__(torch.empty((C, xhat.shape[0], p), dtype=xhat.dtype, device=xhat.device))
 
     def _write(self, c: int, delta: torch.Tensor) -> None:
-        self.res[c] = _norm_grad(self.mod, delta.unsqueeze(0), self.xhat)[0]  # (B, p): small
+        delta = delta.unsqueeze(0)
+        if self.buf is None or self.buf.shape != delta.shape:
+            # One products buffer for all classes: a fresh (activation-sized) temporary per
+            # class and layer cost 5x the multiplication itself in page faults (ResNet, N = 50).
+            self.buf = torch.empty_like(delta)
+        self.res[c] = _norm_grad(self.mod, delta, self.xhat, self.buf)[0]  # (B, p): small
 
     def result(self) -> DenseGrad:
         return DenseGrad(self._filled().transpose(0, 1), self.layout)
@@ -500,7 +531,7 @@ class GradientEngine:
         would, at 1/C' of its cost."""
         B, C = logits.shape
         seed = weights.view(B, 1) * (self._class_mix(logits) @ class_weights).view(1, C)
-        return list(torch.autograd.grad(logits, tensors, grad_outputs=seed, retain_graph=True, allow_unused=True))
+        return list(torch.autograd.grad(logits, tensors, grad_outputs=seed, allow_unused=True))
 
     def _layout(self, fm: _FastModule) -> list[tuple[str, tuple[int, ...]]]:
         return [(n, tuple(self.params[n].shape)) for n in fm.params]
@@ -559,20 +590,25 @@ class GradientEngine:
         if isinstance(mod, nn.Embedding):
             return OuterGrad(d, None, a, mod.num_embeddings, weight, None, transposed=True)
         L, din, dout = a.shape[1], a.shape[-1], d.shape[-1]
-        # Materialise where that is the cheaper contraction (convs; Linear layers applied at
-        # many positions, e.g. attention projections over a sequence): one bmm per class into
-        # class-major [W | b] storage, straight from views of the output gradients. (Leaving
-        # it to OuterGrad.dense() would copy the gradients into another order and concatenate
-        # the bias: 25% of the attention model's profile.)
+        # Materialise where that is the cheaper contraction (Linear layers applied at many
+        # positions, e.g. attention projections over a sequence): one bmm per class,
+        # a^T (B, din, L) @ d^c (B, L, dout), into class-major [W | b]^T storage. Both operands
+        # are views in the backward's own layout: no copy. The other orientation,
+        # (d^c)^T a, was 1.5x slower on the attention member's q/k/v/o at N = 50, and
+        # stacking the classes first (one bmm of (B, C dout, L) @ (B, L, din)) was slower
+        # still, its transposing copy as costly as the products.
         if L > 1 and _prefer_dense(L, din, dout, d.shape[1]):
-            sink = _ConvSink(a, d.shape[1], dout, self._layout(fm), bias is not None)
-            for c in range(d.shape[1]):
-                sink.add(c, d[:, c].transpose(1, 2))  # (B, dout, L)
-            return sink.result()
+            C = d.shape[1]
+            res = torch.empty((C, B, din, dout), dtype=a.dtype, device=a.device)
+            at = a.transpose(1, 2)
+            for c in range(C):
+                torch.bmm(at, d[:, c], out=res[c])
+            g = res.view(C, B, din * dout).transpose(0, 1)
+            return DenseGrad(g, self._layout(fm), augmented=bias is not None, transposed=True)
         return OuterGrad(d, a, None, din, weight, bias)
 
-    def _fast_reps(self, xb: torch.Tensor, verify: bool) -> tuple[dict[str, GradRep], list[str]]:
-        """Representations of the fast modules; with ``verify`` also the names that failed."""
+    def _fast_reps(self, xb: torch.Tensor) -> dict[str, GradRep]:
+        """Representations of the fast modules' gradients for the samples in ``xb``."""
         logits = self._forward(xb)
         self._num_classes = logits.shape[1]
         live = [fm for fm in self.fast.values() if fm.calls]
@@ -581,17 +617,9 @@ class GradientEngine:
             del self.fast[fm.name]
         B = xb.shape[0]
         outs = [c.out for fm in live for c in fm.calls]
-        pnames = [p for fm in live for p in fm.params] if verify else []
         Cp = self._class_mix(logits).shape[1]  # outputs differentiated
         sinks = self._sinks(live, Cp)
         grads = self._class_grads(logits, outs, sinks) if outs else []
-        if verify:
-            # Autograd's parameter gradients of a *weighted* batch sum: the factorised per-sample
-            # gradients must reproduce it with the same weights, which a plain sum would not
-            # check (gradients attributed to the wrong samples still sum correctly).
-            weights = _verify_weights(B, logits.dtype, logits.device)
-            class_weights = _verify_weights(Cp, logits.dtype, logits.device)
-            grads = grads + self._mixed_param_grads(logits, [self.params[p] for p in pnames], weights, class_weights)
         self._last_logits = logits.detach()
         reps: dict[str, GradRep] = {}
         pos = 0
@@ -602,34 +630,42 @@ class GradientEngine:
             else:
                 reps[fm.name] = self._module_rep(fm, grads[pos : pos + n], B)
             pos += n
-        failed: list[str] = []
-        if verify:
-            expected = dict(zip(pnames, grads[pos:]))
-            for fm in live:
-                got = _batch_sum(reps[fm.name], weights, class_weights)
-                for pname in fm.params:
-                    mixed = got[pname]
-                    exp = expected[pname]
-                    exp = torch.zeros_like(mixed) if exp is None else exp.reshape(mixed.shape)
-                    err = (mixed - exp).norm()
-                    tol = 1e-3 * exp.norm() + 1e-6 * math.sqrt(exp.numel())
-                    if not bool(err <= tol):
-                        failed.append(fm.name)
-                        break
         for fm in self.fast.values():
             fm.calls.clear()
-        return reps, failed
+        return reps
 
-    def _plain_forward(self, xb: torch.Tensor) -> tuple[torch.Tensor, set[str]]:
-        """The model's own logits of ``xb`` (B, C), and which fast modules get inputs without
-        the batch dimension: those whose input's leading size does not follow the batch size
-        over this forward and one more on two samples (a single batch size cannot tell when it
-        equals, e.g., the sequence length). Modules not called here are decided by their first
-        hooked call. Returns the logits and the names of the modules decided here.
+    def _failed_modules(self, reps: dict[str, GradRep], ref: "_Reference") -> list[str]:
+        """The fast modules whose factorised gradients of the reference samples (the first
+        rows of ``reps``), summed with the reference's weights, differ from autograd's."""
+        failed = []
+        R = ref.weights.shape[0]
+        for name, rep in reps.items():
+            got = _batch_sum(rep.rows(0, R), ref.weights, ref.class_weights)
+            for pname in self.fast[name].params:
+                mixed = got[pname]
+                exp = ref.expected.get(pname)
+                exp = torch.zeros_like(mixed) if exp is None else exp.reshape(mixed.shape)
+                err = (mixed - exp).norm()
+                tol = 1e-3 * exp.norm() + 1e-6 * math.sqrt(exp.numel())
+                if not bool(err <= tol):
+                    failed.append(name)
+                    break
+        return failed
 
-        The reference forward and the first probe are one pass, and the second probe is on two
-        samples (three when B <= 2): at N = 50 the verification's forwards were a tenth of the
-        kernel's time."""
+    def _reference(self, xb: torch.Tensor) -> "_Reference":
+        """What the fast path is checked against, from the model's own forward on the first
+        R = min(B, 13) samples of ``xb``: its logits (the hooked forward must reproduce them),
+        and autograd's parameter gradients of a *weighted* sum of them, sum_b w_b sum_c' v_c'
+        sum_c mix[c, c'] F^c_b, which the factorised per-sample gradients must reproduce with
+        the same weights (a plain sum would not show gradients attributed to the wrong sample
+        or class). One forward and one backward on R samples: at N = 50 the check's passes
+        over the whole batch were 12-20 % of the kernel's time.
+
+        Also decides which fast modules get inputs without the batch dimension: those whose
+        input's leading size does not follow the batch size over this forward and one more on
+        a different number of samples (a single batch size cannot tell when it equals, e.g.,
+        the sequence length). Modules not called here are decided by their first hooked call.
+        """
         passes: list[dict[str, list]] = [{name: [] for name in self.fast}, {name: [] for name in self.fast}]
 
         def probe(fm: _FastModule) -> Callable:
@@ -638,52 +674,62 @@ class GradientEngine:
                 passes[current][fm.name].append(x.shape[0] if isinstance(x, torch.Tensor) and x.dim() > 0 else None)
             return hook
 
-        B = xb.shape[0]
-        small = xb[:2] if B > 2 else torch.cat([xb, xb[:1]])
+        ref = xb[:_VERIFY_SAMPLES]
+        R = ref.shape[0]
+        small = ref[:2] if R > 2 else torch.cat([ref, ref[:1]])
         handles = [fm.module.register_forward_hook(probe(fm)) for fm in self.fast.values()]
+        probed = True
         try:
-            with torch.no_grad():
-                current = 0
-                plain = checked_forward(self.model, xb, self._call)  # model errors raise here, named
-                current = 1
-                try:
+            current = 0
+            plain = checked_forward(self.model, ref, self._call)  # model errors raise here, named
+            current = 1
+            try:
+                with torch.no_grad():
                     self._call(small)
-                except (RuntimeError, ValueError, IndexError, TypeError):
-                    return plain, set()  # the hooked forwards decide (and report any error)
+            except (RuntimeError, ValueError, IndexError, TypeError):
+                probed = False  # the hooked forwards decide (and report any error)
         finally:
             for h in handles:
                 h.remove()
         decided = set()
-        for name, first in passes[0].items():
+        for name, first in passes[0].items() if probed else ():
             if first:
                 second = passes[1][name]
                 self.fast[name].unbatched = len(first) != len(second) or any(
-                    a is None or a != B or b != small.shape[0] for a, b in zip(first, second)
+                    a is None or a != R or b != small.shape[0] for a, b in zip(first, second)
                 )
                 decided.add(name)
-        return plain, decided
+        weights = _verify_weights(R, plain.dtype, plain.device)
+        class_weights = _verify_weights(self._class_mix(plain).shape[1], plain.dtype, plain.device)
+        pnames = [p for fm in self.fast.values() for p in fm.params]
+        grads = self._mixed_param_grads(plain, [self.params[p] for p in pnames], weights, class_weights)
+        return _Reference(plain.detach(), dict(zip(pnames, grads)), weights, class_weights, decided)
 
     def _verify(self, xb: torch.Tensor) -> dict[str, GradRep]:
-        """Cross-check the factorised gradients against autograd's parameter gradients (one
-        more backward pass, once); modules that fail go to the generic path (or raise with
+        """Cross-check the factorised gradients of the first samples of ``xb`` against
+        autograd's parameter gradients (:meth:`_reference`: a forward and a backward on 13
+        samples, once); modules that fail go to the generic path (or raise with
         ``impl="fast"``). Returns the checked representations of ``xb`` (of the modules that
         passed).
 
         The hooked forward must also give the model's own logits: per-sample copies of
         unbatched outputs may break a model (an error) or, in principle, change what it
         computes; then they are undone."""
-        plain, probed = self._plain_forward(xb)
+        ref = self._reference(xb)
+        plain = ref.logits
         while True:
             error = None
             for fm in self.fast.values():  # the others are decided afresh by each attempt's hooks
-                if fm.name not in probed:
+                if fm.name not in ref.probed:
                     fm.unbatched = None
             try:  # checked_forward reports model errors as ValueError
-                reps, failed = self._fast_reps(xb, verify=True)
-                same = bool((self._last_logits - plain).norm() <= 1e-4 * plain.norm() + 1e-6 * math.sqrt(plain.numel()))
+                reps = self._fast_reps(xb)
+                hooked = self._last_logits[: plain.shape[0]]
+                same = bool((hooked - plain).norm() <= 1e-4 * plain.norm() + 1e-6 * math.sqrt(plain.numel()))
             except (RuntimeError, ValueError) as err:
                 error, same = err, False
             if same:
+                failed = self._failed_modules(reps, ref)
                 break
             if self._expand_unbatched and any(fm.unbatched for fm in self.fast.values()):
                 self._expand_unbatched = False
@@ -714,13 +760,10 @@ class GradientEngine:
         out: dict[str, list[GradRep]] = {}
         fast_reps = None
         if self.fast and not self._verified:
-            whole = xb.shape[0] <= _VERIFY_WHOLE_BATCH
-            checked = self._verify(xb if whole else xb[:_VERIFY_SAMPLES])
-            if whole:
-                fast_reps = checked
+            fast_reps = self._verify(xb)  # the checked representations of this batch
         if self.fast:
             if fast_reps is None:
-                fast_reps, _ = self._fast_reps(xb, verify=False)
+                fast_reps = self._fast_reps(xb)
             for name, rep in fast_reps.items():
                 out.setdefault(name, []).append(rep)
         fallback = self.fallback_names
@@ -761,9 +804,9 @@ def _batch_sum(rep: GradRep, w: torch.Tensor, v: torch.Tensor) -> dict[str, torc
         # a copy of the (B, C, p) gradients (for a ResNet at N = 50, that copy was 40% of the
         # kernel's time).
         g = rep.g
-        storage = g.transpose(0, 1)  # (C, B, p), contiguous when class-major
-        if storage.is_contiguous():
-            total = (v.view(-1, 1) * w.view(1, -1)).reshape(1, -1) @ storage.reshape(-1, g.shape[2])
+        storage = g.transpose(0, 1)  # (C, B, p): rows of class-major storage (maybe a slice)
+        if storage.stride(2) == 1 and storage.stride(1) == g.shape[2]:
+            total = torch.bmm((v.view(-1, 1) * w.view(1, -1)).unsqueeze(1), storage).sum(0)
         elif g.is_contiguous():
             total = (w.view(-1, 1) * v.view(1, -1)).reshape(1, -1) @ g.reshape(-1, g.shape[2])
         else:

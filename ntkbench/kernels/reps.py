@@ -182,12 +182,11 @@ class OuterGrad:
             return self._dense
         B, C, L, dout = self.d.shape
         if self.idx is not None:
-            # Scatter d onto the rows of the embedding table picked by each token.
-            vocab = self.din
-            src = self.d.permute(0, 2, 1, 3).reshape(B, L, C * dout)
-            g = torch.zeros(B, vocab, C * dout, dtype=self.d.dtype, device=self.d.device)
-            g.scatter_add_(1, self.idx.unsqueeze(-1).expand(B, L, C * dout), src)
-            g = g.view(B, vocab, C, dout).permute(0, 2, 1, 3).reshape(B, C, vocab * dout)
+            # Scatter d onto the rows of the embedding table picked by each token, straight
+            # into (B, C, vocab, dout): no reordering copy of the (mostly zero) result.
+            g = torch.zeros(B, C, self.din, dout, dtype=self.d.dtype, device=self.d.device)
+            g.scatter_add_(2, self.idx.view(B, 1, L, 1).expand(B, C, L, dout), self.d)
+            g = g.view(B, C, -1)
         else:
             # One batched matmul: (B, C*dout, L) @ (B, L, din) -> (B, C, dout, din).
             d = self.d.permute(0, 1, 3, 2).reshape(B, C * dout, L)

@@ -27,7 +27,6 @@ from .. import __version__
 from .. import store
 from ..utils import get_logger
 from .engine import (
-    CACHE_BYTES,
     KernelOptions,
     NonFiniteKernelError,
     block_diag,
@@ -47,6 +46,9 @@ from .threads import thread_budget
 __all__ = ["compute_to_hdf5", "identity_options", "provenance"]
 
 _LOG = get_logger(__name__)
+# Default budget for column blocks' features kept across row blocks: fixed (the streaming path
+# is the one whose memory a user bounds), unlike the in-memory path's share of the job's memory.
+STREAM_CACHE_BYTES = 1 << 30
 # Options that do not change the values (only speed/placement) may differ on resume.
 _NON_IDENTITY_OPTIONS = ("batch_size", "impl", "proj_cache_mb")
 
@@ -102,7 +104,7 @@ def compute_to_hdf5(
         attrs: extra provenance attributes (non-scalars are stored as JSON).
         progress: log blocks done / total and the rate through ``logging``.
         feature_cache_mb: budget for column blocks' features kept across row blocks (None:
-            ``CACHE_BYTES / 2`` = 1 GiB; 0: none, so peak memory does not grow with N). Speed
+            ``STREAM_CACHE_BYTES`` = 1 GiB; 0: none, so peak memory does not grow with N). Speed
             only: the values and the resume identity do not depend on it.
         **options: proj_dim, proj_type, seed, layers, importance, batch_size, device, dtype,
             impl, proj_cache_mb, threads (see ``compute``). ``layerwise`` is not supported here.
@@ -119,7 +121,7 @@ def compute_to_hdf5(
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     check_budget_mb("feature_cache_mb", feature_cache_mb)
-    cache_budget = CACHE_BYTES // 2 if feature_cache_mb is None else feature_cache_mb << 20
+    cache_budget = STREAM_CACHE_BYTES if feature_cache_mb is None else feature_cache_mb << 20
     device = options.pop("device", None)
     dtype = options.pop("dtype", torch.float32)
     importance = options.pop("importance", None)
