@@ -47,7 +47,7 @@ def parts(model, x) -> dict:
     def unchecked():
         source = engine.make_source(model, opts, cpu, x[:1])
         source._verified = True
-        return engine._symmetric_kernel([source.reps(x)], False, False, x.shape[0])
+        return engine.symmetric_kernel([source.reps(x)], False, False, x.shape[0])
 
     checked = engine.make_source(model, opts, cpu, x[:1])
     reps = checked.reps(x)  # the check happens here, once
@@ -55,7 +55,7 @@ def parts(model, x) -> dict:
         "ntkbench": lambda: kernels.compute(model, x, kind="trntk0"),
         "no check": unchecked,
         "reps": lambda: checked.reps(x),
-        "contraction": lambda: engine._symmetric_kernel([reps], False, False, x.shape[0]),
+        "contraction": lambda: engine.symmetric_kernel([reps], False, False, x.shape[0]),
         "vmap(jacrev)": lambda: jacrev_trntk0(model, x),
     }
 

@@ -8,6 +8,7 @@ import torch
 
 from ntkbench import kernels, store
 from ntkbench.kernels import streaming
+from ntkbench.kernels.fast import GradientEngine
 from tests.kernel_models import MLP, TokenNet, ViewCNN
 
 F64 = torch.float64
@@ -30,6 +31,34 @@ def test_hdf5_conv_blocks_match_generic(tmp_path, kind):
                             progress=False, **opts)
     want = kernels.compute(model, y, x, kind=kind, impl="generic", **opts).numpy()
     np.testing.assert_allclose(store.read_kernel(path, "test_train").kernel, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["trntk", "entk"])
+def test_hdf5_blocks_in_batches(tmp_path, monkeypatch, kind):
+    """A block's representations in several batches (STREAM_BATCH below the block size):
+    diagonal blocks contracted as their upper triangle and mirrored, off-diagonal blocks batch
+    pair by batch pair, row block 0's representations reused from the diagonal pass (not
+    computed again): the kernels equal torch.func's."""
+    monkeypatch.setattr(streaming, "STREAM_BATCH", 3)
+    torch.manual_seed(0)
+    model, x, y = ViewCNN(), torch.randn(11, 2, 8, 8), torch.randn(5, 2, 8, 8)
+    calls = {"n": 0}
+    real = GradientEngine.reps
+
+    def counting(self, xb):
+        calls["n"] += 1
+        return real(self, xb)
+
+    monkeypatch.setattr(GradientEngine, "reps", counting)
+    for other, group in ((None, "train_train"), (y, "train_test")):
+        path = tmp_path / f"{group}.h5"
+        calls["n"] = 0
+        kernels.compute_to_hdf5(path, model, x, other, kind=kind, group=group, block_size=8, progress=False, dtype=F64)
+        if other is None:  # diagonals: batches 0-2, 3-5, 6-7 | 8-10; then block 1 as columns and as rows
+            assert calls["n"] == 4 + 2
+        want = kernels.compute(model, x, other, kind=kind, impl="generic", dtype=F64).numpy()
+        got = store.read_kernel(path, group).kernel
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["trntk", "entk", "pntk0", "proj-pntk", "em"])

@@ -50,6 +50,8 @@ __all__ = [
     "all_reps",
     "block_diag",
     "block_kernel",
+    "block_rows",
+    "cache_bytes",
     "check_budget_mb",
     "check_finite",
     "check_same_sample_shape",
@@ -57,6 +59,7 @@ __all__ = [
     "make_source",
     "normalise",
     "reps_nbytes",
+    "symmetric_kernel",
 ]
 
 # Views of the kind registry (ntkbench.kinds), the one source of truth for what a kind is.
@@ -332,19 +335,21 @@ def _rows_of(reps: dict[str, list[GradRep]], start: int, stop: int) -> dict[str,
     return {k: [r.rows(start, stop) for r in rs] for k, rs in reps.items()}
 
 
-def _block_rows(reps: dict[str, list[GradRep]]) -> int:
+def block_rows(reps: dict[str, list[GradRep]]) -> int:
+    """Samples in one block of representations."""
     return next(iter(reps.values()))[0].batch
 
 
-def _symmetric_kernel(blocks: Blocks, entk: bool, layerwise: bool, n: int):
-    """K(X, X) from the upper triangle only (syrk-like), mirrored.
+def symmetric_kernel(blocks: Blocks, entk: bool, layerwise: bool, n: int):
+    """K(X, X) (n, n) (or ``{part: kernel}``) from the representations of consecutive sample
+    blocks, the upper triangle only (syrk-like), mirrored.
 
     Off-diagonal block pairs are one contraction each (large GEMMs); a diagonal block is cut
     into row panels, each contracted with the rest of its block, so about half of the
     diagonal blocks' flops are saved too.
     """
     blocks = [{k: [prepare(r, entk) for r in rs] for k, rs in b.items()} for b in blocks]
-    sizes = [_block_rows(b) for b in blocks]
+    sizes = [block_rows(b) for b in blocks]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     out: dict[str, torch.Tensor] = {}
 
@@ -377,7 +382,7 @@ def kernel_in_memory(source: FeatureSource, opts: KernelOptions, X: torch.Tensor
     step = X.shape[0] if source.whole_input else opts.batch_size
     ry = all_reps(source, Y, max(step, Y.shape[0]) if source.whole_input else step, device, dtype)
     if same and ry is not None:
-        kernel = _symmetric_kernel(ry, entk, layerwise, Y.shape[0])
+        kernel = symmetric_kernel(ry, entk, layerwise, Y.shape[0])
         # The self-kernels are the kernel's diagonal: no second pass over the features.
         total = None
         for k in (kernel.values() if layerwise else [kernel]):
