@@ -37,7 +37,7 @@ def test_hdf5_conv_blocks_match_generic(tmp_path, kind):
 def test_hdf5_blocks_in_batches(tmp_path, monkeypatch, kind):
     """A block's representations in several batches (STREAM_BATCH below the block size):
     diagonal blocks contracted as their upper triangle and mirrored, off-diagonal blocks batch
-    pair by batch pair, row block 0's representations reused from the diagonal pass (not
+    pair by batch pair, a single block's representations reused from the diagonal pass (not
     computed again): the kernels equal torch.func's."""
     monkeypatch.setattr(streaming, "STREAM_BATCH", 3)
     torch.manual_seed(0)
@@ -50,12 +50,17 @@ def test_hdf5_blocks_in_batches(tmp_path, monkeypatch, kind):
         return real(self, xb)
 
     monkeypatch.setattr(GradientEngine, "reps", counting)
-    for other, group in ((None, "train_train"), (y, "train_test")):
-        path = tmp_path / f"{group}.h5"
+    # (y, block size, batches computed): 8-row blocks: diagonals (rows 0-2, 3-5, 6-7 | 8-10),
+    # row block 0 again, block 1 as columns and as rows; one 16-row block: the diagonal
+    # pass's 4 batches, kept for the kernel pass.
+    for other, block, expected in ((None, 8, 4 + 3 + 1 + 1), (None, 16, 4), (y, 8, None)):
+        group = "train_train" if other is None else "train_test"
+        path = tmp_path / f"{group}_{block}.h5"
         calls["n"] = 0
-        kernels.compute_to_hdf5(path, model, x, other, kind=kind, group=group, block_size=8, progress=False, dtype=F64)
-        if other is None:  # diagonals: batches 0-2, 3-5, 6-7 | 8-10; then block 1 as columns and as rows
-            assert calls["n"] == 4 + 2
+        kernels.compute_to_hdf5(path, model, x, other, kind=kind, group=group, block_size=block, progress=False,
+                                dtype=F64)
+        if expected is not None:
+            assert calls["n"] == expected
         want = kernels.compute(model, x, other, kind=kind, impl="generic", dtype=F64).numpy()
         got = store.read_kernel(path, group).kernel
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
