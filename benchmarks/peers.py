@@ -774,7 +774,7 @@ def plot_scale(rows: list[dict], path: str, env: Env) -> None:
             ax.set_yscale("log")
             ax.set_xlabel("N")
             ax.set_ylabel(unit)
-            ax.set_title(f"{name}: {title} (exact trntk0)")
+            ax.set_title(f"{name}: {title} (exact trntk0)", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
             ax.xaxis.set_minor_formatter(log_minor_labels())
             ax.yaxis.set_minor_formatter(log_minor_labels())
