@@ -278,7 +278,7 @@ def _run(grp, source, opts, X, Y, same, dev, bs, progress, label, cache_budget) 
     done = grp["blocks_done"][...].astype(bool)
     pending = [(i, j) for i in range(nbr) for j in range(nbc) if not done[i, j] and not (same and j < i)]
     bar = _Progress(nbr * nbc, int(done.sum()), progress, label)
-    cache: dict[int, dict] = {}
+    cache: dict[int, list[dict]] = {}
     cache_bytes = 0
     rows_reps: dict[int, list[dict]] = kept
     for i, j in pending:
