@@ -23,8 +23,9 @@ trntk here is the unnormalised trace NTK sum_c <g^c_i, g^c_j> (ntkbench's ``trnt
 neural-tangents' traced kernel is its mean over the C classes and is multiplied by C); entk is
 (N, N, C, C).
 
-Rules: every method runs in a worker process (torch: this script with ``--worker``; JAX:
-peers_nt.py), so that one running out of memory is recorded as a failure and the run goes on;
+Rules: every method runs in its own worker process (torch: this script with ``--worker``; JAX:
+peers_nt.py), so that one running out of memory is recorded as a failure and the run goes on,
+and no method's allocations shape another's allocator state;
 a worker whose resident memory passes ``--mem-limit-gb`` is killed, and a method whose memory
 lower bound (the (N, C, P) Jacobian it materialises, the (C N)^2 Gram nngeometry stores, the
 N^2 C P tangents of ntvp, the kernel itself) passes it is not started ("predicted").
@@ -431,22 +432,25 @@ class Result:
 
 
 class Pools:
-    """The two persistent workers of the table mode, restarted after a death."""
+    """The table mode's workers, one per method, kept across members and restarted after a
+    death. Each method's allocator state (what glibc keeps of freed memory, its adaptive mmap
+    and trim thresholds) is then shaped by that method's own work only: sharing one process,
+    the fresh-page faults that dominate at N = 50 depended on which method had run before."""
 
     def __init__(self, env: Env):
-        self.env, self.procs, self.gen, self.loaded = env, {}, {"torch": 0, "jax": 0}, {}
+        self.env, self.procs, self.gen, self.loaded = env, {}, {}, {}
 
-    def get(self, side: str, npz: str) -> WorkerProc:
-        proc = self.procs.get(side)
+    def get(self, method: str, npz: str) -> WorkerProc:
+        proc = self.procs.get(method)
         if proc is None or not proc.alive():
             if proc is not None:
                 proc.close()
-            self.procs[side] = proc = self.env.start(side)
-            self.gen[side] += 1
-            self.loaded.pop(side, None)
-        if self.loaded.get(side) != npz:
+            self.procs[method] = proc = self.env.start(side_of(method))
+            self.gen[method] = self.gen.get(method, 0) + 1
+            self.loaded.pop(method, None)
+        if self.loaded.get(method) != npz:
             proc.request(self.env.time_limit, cmd="load", npz=npz, x=None)
-            self.loaded[side] = npz
+            self.loaded[method] = npz
         return proc
 
     def close(self) -> None:
@@ -496,14 +500,13 @@ def measure(pools: Pools, name: str, N: int, kinds: list[str], methods: list[str
             for m in methods:
                 if res[m].error:
                     continue
-                side = side_of(m)
                 try:
-                    proc = pools.get(side, npz)
-                    if gens.get(m) != pools.gen[side]:  # first round, or the worker was restarted
+                    proc = pools.get(m, npz)
+                    if gens.get(m) != pools.gen[m]:  # first round, or the worker was restarted
                         ans = proc.request(pools.env.time_limit, cmd="prepare", method=m, kind=kind)
                         if math.isnan(res[m].compile_s):
                             res[m].compile_s = ans["compile_s"]
-                        gens[m] = pools.gen[side]
+                        gens[m] = pools.gen[m]
                     save = os.path.join(tmp, f"k-{m}.npy") if r == 0 else None
                     ans = proc.request(pools.env.time_limit, cmd="run", method=m, kind=kind, save=save)
                     res[m].times.append(ans["seconds"])
