@@ -130,8 +130,8 @@ def test_cpu_philox_matches_tensor_version(rounds):
 
 def test_float64_deviates_match_twin_bit_for_bit():
     """The deviates before their rounding to float32: a sqrt 1 ulp off (torch 2.13.0's CPU
-    float64 sqrt, MKL's vector math, is on ~1 % of these radii) shows here, where the float32
-    entries would hide it but for one entry in ~10^10."""
+    float64 sqrt is, on ~1 % of these radii) shows here, where the float32 entries would hide
+    it but for one entry in ~10^10."""
     rng = np.random.default_rng(0)
     w = rng.integers(0, 2**32, size=(4, 1 << 16))
     got = philox._box_muller(torch.from_numpy(w[0]), torch.from_numpy(w[1])) + philox._box_muller(

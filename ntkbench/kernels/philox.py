@@ -26,11 +26,12 @@ any order, on any device, and comes out bit for bit the same.
   contraction. Division is only ever tensor by tensor (CUDA turns a division by a scalar
   into a multiplication by its reciprocal). The float64 deviates (relative error < 1e-13) are
   rounded once to float32. |z| <= sqrt(2 ln 2^33) ~ 6.76.
-* **sqrt** must be correctly rounded, as IEEE 754 asks. torch's CPU float64 ``sqrt`` is not:
-  torch 2.13.0 hands it to MKL's vector math, which left 1.3 % of the radii here 1 ulp off
-  (AMD EPYC; its code path depends on the CPU). So the CPU takes NumPy's (the hardware
-  instruction), and every device's sqrt is checked once against Python's ``math.sqrt``
-  (:func:`_sqrt`); one that is not exact is an error, never a different R.
+* **sqrt** must be correctly rounded, as IEEE 754 asks. torch 2.13.0's CPU float64 ``sqrt``
+  is not: on an AMD EPYC 1.25 % of random radicands came out 1 ulp from ``math.sqrt``, under
+  every ``ATEN_CPU_CAPABILITY`` (so not ATen's own vector code; probably the MKL vector math
+  the wheel is built with). So the CPU takes NumPy's (the hardware instruction), and every
+  device's sqrt is checked once against Python's ``math.sqrt`` (:func:`_sqrt`); one that is
+  not exact is an error, never a different R.
 * **Rademacher** (128 signs per call): bit b of the call's 128 bits is entry 128 q + b.
 
 Changing any of this changes every projected kernel: bump :data:`GENERATOR`, which is part
@@ -185,8 +186,8 @@ def _check_sqrt(fn, where: str) -> None:
 
 def _sqrt(x: torch.Tensor) -> torch.Tensor:
     """Correctly rounded sqrt of the float64 tensor ``x``, in place: NumPy's on the CPU
-    (torch's is MKL's approximation there), torch's elsewhere; either checked once per
-    process and device (:func:`_check_sqrt`)."""
+    (torch's is not correctly rounded there, see the module notes), torch's elsewhere; either
+    checked once per process and device (:func:`_check_sqrt`)."""
     where = "cpu (numpy.sqrt)" if x.device.type == "cpu" else str(x.device)
     if where not in _SQRT_CHECKED:
         with _SQRT_LOCK:
