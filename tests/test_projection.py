@@ -18,6 +18,7 @@ from scipy import stats
 from ntkbench import kernels
 from ntkbench.kernels import philox, projection
 from ntkbench.kernels.engine import KernelOptions
+from ntkbench.kernels.forward import trainable_parameters
 from ntkbench.kernels.projection import BlockProjector, KroneckerProjector, kronecker_plan
 from ntkbench.kernels.reps import DenseGrad, OuterGrad
 from ntkbench.kernels.streaming import identity_options
@@ -250,6 +251,31 @@ def test_projection_chunks_do_not_change_values(monkeypatch):
     whole = kernels.compute(model, x, y, **opts)
     monkeypatch.setattr(api, "default_cache_bytes", lambda device: 1)
     torch.testing.assert_close(kernels.compute(model, x, y, **opts), whole, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("block,embed_budget", [(1 << 16, 1 << 25), (24, 1 << 25), (24, 1)])
+def test_row_blocks_and_merged_groups_match_dense_r(monkeypatch, block, embed_budget):
+    """Projected kernels against brute-force Jacobians times the whole R, with row blocks small
+    enough that parameters split into several (and consecutive small ones merge into one GEMM
+    per group), and the embedding's gradient rows built once for all tiles or per tile."""
+    from tests.kernel_models import TokenNet, with_bn_stats
+
+    monkeypatch.setattr(projection, "BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(projection, "_MAX_TEMP", embed_budget)
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 11, (5, 5))
+    tokens[0, 1] = 0
+    for model, x in [(TokenNet(), tokens), (with_bn_stats(SmallCNN()), torch.randn(4, 1, 8, 8))]:
+        layout = [(n, tuple(p.shape)) for n, p in trainable_parameters(model).items()]
+        proj = BlockProjector(300, "gaussian", 5, torch.device("cpu"), F64)
+        assert block > 1000 or any(len(proj.row_blocks(shape)) > 1 for _, shape in layout)
+        rt = proj.dense_matrix(layout)  # (P, K), 2 tiles
+        f = brute_jacobian(model, x) @ rt  # (B, C, K)
+        for kind, fx in [("proj-trntk", f), ("proj-pntk", f.sum(1, keepdim=True))]:
+            k0 = torch.einsum("ick,jck->ij", fx, fx)
+            want = k0 / torch.sqrt(fx.pow(2).sum((1, 2))[:, None] * fx.pow(2).sum((1, 2))[None])
+            got = kernels.compute(model, x, kind=kind, proj_dim=300, seed=5, dtype=F64)
+            torch.testing.assert_close(got, want, msg=f"{type(model).__name__} {kind}")
 
 
 def test_kernel_cache_on_off_identical():

@@ -25,7 +25,7 @@ only bounds memory; it does not change any entry.
 
 Cost and caching. Generating an entry takes ~110 elementwise integer/float64 operations
 (Philox's 10 rounds, Box-Muller with polynomial log/sin/cos): cheap on a GPU (memory-bound,
-~ms per 16M-entry tile), but on a CPU about 7x slower than ``torch.randn`` (measured in
+~ms per 16M-entry tile), but on a CPU 3-5x slower than ``torch.randn`` (measured in
 benchmarks/README.md). Tiles are therefore kept across :meth:`BlockProjector.project_many`
 calls (chunks of samples, kernel row blocks, x and y) up to ``cache_bytes``: default
 :func:`default_cache_bytes` (1 GiB on the CPU; a quarter of the free memory on a GPU).
@@ -187,14 +187,19 @@ class BlockProjector:
         reps = [DenseGrad(r.canonical(), r.layout) if isinstance(r, DenseGrad) else r for r in reps]
         # One contiguous (B, C, TILE_K) slab per tile, so every update is an in-place GEMM.
         slabs = torch.zeros(T, B, C, TILE_K, dtype=self.dtype, device=self.device)
+        # An embedding's gradient rows are the same for every tile: built once where they are
+        # small (a large table's are rebuilt per tile instead, one row block at a time).
+        embedding_rows = {i: list(self._embedding_rows(rep)) for i, rep in enumerate(reps)
+                          if isinstance(rep, OuterGrad) and rep.idx is not None
+                          and rep.batch * rep.num_classes * rep.din * rep.dout <= _MAX_TEMP}
         for t in range(T):
             w = self.tile_width(t)
             out = slabs[t, :, :, :w] if w < TILE_K else slabs[t]
-            for rep in reps:
+            for i, rep in enumerate(reps):
                 if isinstance(rep, DenseGrad):
                     self._project_dense(rep, t, out)
                 elif rep.idx is not None:
-                    self._project_embedding(rep, t, out)
+                    self._project_embedding(rep, t, out, embedding_rows.get(i))
                 else:
                     self._project_outer(rep, t, out)
         feats = slabs.permute(1, 2, 0, 3).reshape(B, C, T * TILE_K).mul_(1.0 / math.sqrt(self.proj_dim))
@@ -203,17 +208,29 @@ class BlockProjector:
     def _project_dense(self, rep: DenseGrad, t: int, out: torch.Tensor) -> None:
         B, C = rep.batch, rep.num_classes
         out2 = out.reshape(B * C, -1) if out.is_contiguous() else None
-        offset = 0
+        g = rep.g.reshape(B * C, -1)  # canonical: contiguous
+        # Consecutive row blocks (of one or several parameters: biases, norm weights) are
+        # merged into one GEMM of up to BLOCK_ELEMENTS columns: a GEMM per small parameter
+        # rewrote the whole (B C, TILE_K) output for a few columns.
+        groups: list[tuple[int, list[torch.Tensor]]] = []  # (first column, tiles)
+        width, offset = 0, 0
         for name, shape in rep.layout:
             _, row_len = _rows(shape)
             for b, (r0, r1) in enumerate(self.row_blocks(shape)):
-                rt = self.tile(name, shape, b, t)  # (w, cols)
-                cols = rep.g[:, :, offset + r0 * row_len : offset + r1 * row_len]
-                if out2 is not None:
-                    out2.addmm_(cols.reshape(B * C, -1), rt.T)
-                else:
-                    out += (cols.reshape(B * C, -1) @ rt.T).view(B, C, -1)
+                cols = (r1 - r0) * row_len
+                if not groups or width + cols > BLOCK_ELEMENTS:
+                    groups.append((offset + r0 * row_len, []))
+                    width = 0
+                groups[-1][1].append(self.tile(name, shape, b, t))  # (w, cols)
+                width += cols
             offset += math.prod(shape)
+        for start, tiles in groups:
+            rt = tiles[0] if len(tiles) == 1 else torch.cat(tiles, dim=1)
+            a = g[:, start : start + rt.shape[1]]
+            if out2 is not None:
+                out2.addmm_(a, rt.T)
+            else:
+                out += (a @ rt.T).view(B, C, -1)
 
     def _project_outer(self, rep: OuterGrad, t: int, out: torch.Tensor) -> None:
         B, C, L, dout = rep.d.shape
@@ -254,7 +271,9 @@ class BlockProjector:
                 rbt = rb if b == 0 and not bias_separate else self.tile(rep.bias, (dout,), b, t)
                 out += (d_bias[:, r0:r1] @ rbt.T).view(B, C, -1)
 
-    def _project_embedding(self, rep: OuterGrad, t: int, out: torch.Tensor) -> None:
+    def _embedding_rows(self, rep: OuterGrad):
+        """(row block b, g_b) for every row block of an embedding table that holds a token of
+        the batch: g_b (B*C, r*dout) its dense gradient rows, the tile's layout (k, (row, o))."""
         B, C, L, dout = rep.d.shape
         name, shape = rep.weight
         src = rep.d.permute(0, 2, 1, 3).reshape(B, L, C * dout)
@@ -263,12 +282,21 @@ class BlockProjector:
             inside = (rep.idx >= r0) & (rep.idx < r1)
             if not bool(inside.any()):
                 continue
-            rt = self.tile(name, shape, b, t)
             local = torch.where(inside, rep.idx - r0, torch.zeros_like(rep.idx))
             g = torch.zeros(B, r, C * dout, dtype=rep.d.dtype, device=rep.d.device)
             g.scatter_add_(1, local.unsqueeze(-1).expand(B, L, C * dout), src * inside.unsqueeze(-1).to(src.dtype))
-            g = g.view(B, r, C, dout).permute(0, 2, 1, 3).reshape(B * C, r * dout)
-            out += (g @ rt.T).view(B, C, -1)
+            yield b, g.view(B, r, C, dout).permute(0, 2, 1, 3).reshape(B * C, r * dout)
+
+    def _project_embedding(self, rep: OuterGrad, t: int, out: torch.Tensor, rows=None) -> None:
+        B, C = rep.batch, rep.num_classes
+        name, shape = rep.weight
+        out2 = out.view(B * C, -1) if out.is_contiguous() else None
+        for b, g in self._embedding_rows(rep) if rows is None else rows:
+            rt = self.tile(name, shape, b, t)
+            if out2 is not None:
+                out2.addmm_(g, rt.T)
+            else:
+                out += (g @ rt.T).view(B, C, -1)
 
 
 # -- structured (Kronecker / LoGra) projection ---------------------------------------------
