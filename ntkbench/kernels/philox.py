@@ -72,9 +72,10 @@ _SIN_COEF = tuple((-1.0) ** i / math.factorial(2 * i + 1) for i in range(7))
 _COS_COEF = tuple((-1.0) ** i / math.factorial(2 * i) for i in range(8))
 # Byte value -> its 8 bits as signs 1 - 2 b, least significant bit first (Rademacher on the CPU).
 _BYTE_SIGNS = (1.0 - 2.0 * ((np.arange(256)[:, None] >> np.arange(8)) & 1)).astype(np.float32)
-# Gaussian calls (4 entries each; as many entries of the other streams) per generation step on the CPU: large enough to amortise the per-op overhead, small
-# enough that the temporaries stay in the cache (elementwise ops are memory-bound). On the CPU
-# each op runs on one thread and the steps are shared among Python threads (see _generate).
+# Generation step on the CPU: this many Gaussian calls (4 entries each), or as many entries of
+# the Rademacher stream. Large enough to amortise the per-op overhead, small enough that the
+# temporaries stay in the cache (elementwise ops are memory-bound). On the CPU each op runs on
+# one thread and the steps are shared among Python threads (see _generate).
 CPU_CHUNK = 1 << 16
 
 
@@ -146,7 +147,8 @@ def _philox4x32_cpu(c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: int, key
     return [x[0], y[1], x[1], y[0]]
 
 
-def _words(c0: torch.Tensor, c1: torch.Tensor, k: torch.Tensor, stream: int, key: tuple[int, int]) -> list[torch.Tensor]:
+def _words(c0: torch.Tensor, c1: torch.Tensor, k: torch.Tensor, stream: int,
+           key: tuple[int, int]) -> list[torch.Tensor]:
     """The 4 Philox words of counters (c0, c1, k, stream) as int64 tensors on the counters'
     device (NumPy's rounds on the CPU)."""
     if c0.device.type != "cpu":
@@ -195,7 +197,8 @@ def _sqrt(x: torch.Tensor) -> torch.Tensor:
                 if x.device.type == "cpu":
                     _check_sqrt(lambda v: np.sqrt(np.asarray(v, dtype=np.float64)).tolist(), where)
                 else:
-                    _check_sqrt(lambda v: torch.sqrt(torch.tensor(v, dtype=torch.float64, device=x.device)).tolist(), where)
+                    _check_sqrt(lambda v: torch.tensor(v, dtype=torch.float64, device=x.device).sqrt().tolist(),
+                                where)
                 _SQRT_CHECKED.add(where)
     if x.device.type == "cpu":
         a = x.numpy()
@@ -331,7 +334,7 @@ def rademacher_block(seed: int, name: str, k0: int, k1: int, j0: int, j1: int,
         # Bytes 0-3 of a little-endian 64-bit word < 2^32 are its bits 0-31, 8 per byte: bit
         # b of the word is bit b mod 8 of byte b div 8.
         if cpu and little:
-            # A table maps each byte to its 8 signs: one gather (np.take; 10x faster than the shifts).
+            # A table maps each byte to its 8 signs: one gather (np.take), no shifts.
             w = np.stack(_philox4x32_cpu(c0.numpy(), c1.numpy(), k.numpy(), STREAM_RADEMACHER, key), axis=2)
             signs = np.take(_BYTE_SIGNS, w.view(np.uint8).reshape(w.shape + (8,))[..., :4], axis=0)
             out.numpy()[...] = signs.reshape(out.shape)
