@@ -339,7 +339,7 @@ def rademacher_block(seed: int, name: str, k0: int, k1: int, j0: int, j1: int,
             signs = np.take(_BYTE_SIGNS, w.view(np.uint8).reshape(w.shape + (8,))[..., :4], axis=0)
             out.numpy()[...] = signs.reshape(out.shape)
             return
-        w = torch.stack(philox4x32((c0, c1, k, STREAM_RADEMACHER), key), dim=2)  # (rows, nq, 4)
+        w = torch.stack(_words(c0, c1, k, STREAM_RADEMACHER, key), dim=2)  # (rows, nq, 4)
         if little:
             # Shifting bytes moves 8x less memory than shifting int64 words (same bits).
             words = w.view(torch.uint8).view(w.shape + (8,))[..., :4]

@@ -111,6 +111,15 @@ class Projector(Protocol):
         ...
 
 
+def _add_product(out: torch.Tensor, a: torch.Tensor, rt: torch.Tensor) -> None:
+    """out (B, C, w) += a (B*C, cols) @ rt.T (cols, w): one in-place GEMM where ``out`` is
+    contiguous (every tile's slab but a narrower last one)."""
+    if out.is_contiguous():
+        out.view(-1, out.shape[-1]).addmm_(a, rt.T)
+    else:
+        out += (a @ rt.T).view(out.shape)
+
+
 class BlockProjector:
     """Generates tiles of R (K-tile x row block of a parameter) and projects gradients
     (a :class:`Projector`)."""
@@ -206,9 +215,7 @@ class BlockProjector:
         return feats if T * TILE_K == self.proj_dim else feats[..., : self.proj_dim].contiguous()
 
     def _project_dense(self, rep: DenseGrad, t: int, out: torch.Tensor) -> None:
-        B, C = rep.batch, rep.num_classes
-        out2 = out.reshape(B * C, -1) if out.is_contiguous() else None
-        g = rep.g.reshape(B * C, -1)  # canonical: contiguous
+        g = rep.g.reshape(rep.batch * rep.num_classes, -1)  # canonical: contiguous
         # Consecutive row blocks (of one or several parameters: biases, norm weights) are
         # merged into one GEMM of up to BLOCK_ELEMENTS columns: a GEMM per small parameter
         # rewrote the whole (B C, TILE_K) output for a few columns.
@@ -226,11 +233,7 @@ class BlockProjector:
             offset += math.prod(shape)
         for start, tiles in groups:
             rt = tiles[0] if len(tiles) == 1 else torch.cat(tiles, dim=1)
-            a = g[:, start : start + rt.shape[1]]
-            if out2 is not None:
-                out2.addmm_(a, rt.T)
-            else:
-                out += (a @ rt.T).view(B, C, -1)
+            _add_product(out, g[:, start : start + rt.shape[1]], rt)
 
     def _project_outer(self, rep: OuterGrad, t: int, out: torch.Tensor) -> None:
         B, C, L, dout = rep.d.shape
@@ -288,15 +291,9 @@ class BlockProjector:
             yield b, g.view(B, r, C, dout).permute(0, 2, 1, 3).reshape(B * C, r * dout)
 
     def _project_embedding(self, rep: OuterGrad, t: int, out: torch.Tensor, rows=None) -> None:
-        B, C = rep.batch, rep.num_classes
         name, shape = rep.weight
-        out2 = out.view(B * C, -1) if out.is_contiguous() else None
         for b, g in self._embedding_rows(rep) if rows is None else rows:
-            rt = self.tile(name, shape, b, t)
-            if out2 is not None:
-                out2.addmm_(g, rt.T)
-            else:
-                out += (g @ rt.T).view(B, C, -1)
+            _add_product(out, g, self.tile(name, shape, b, t))
 
 
 # -- structured (Kronecker / LoGra) projection ---------------------------------------------
